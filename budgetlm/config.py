@@ -1,4 +1,4 @@
-"""Typed run configuration: one `RunConfig` flows from the CLI through estimate, plan, tune and train.
+"""Typed run configuration: one `RunConfig` flows from the CLI through estimate, plan, tune, train.
 
 Every field carries its own help text (it becomes the JSON Schema description). Validation errors
 name the field at fault. Presets are plain dicts merged over the defaults; `key=value` overrides
@@ -98,7 +98,9 @@ class ModelConfig(_Strict):
 class OptimConfig(_Strict):
     """Optimizer and its hyperparameters."""
 
-    name: OptimizerName = Field("adamw", description="sgd|adam|adamw|rmsprop|adafactor|lion|lamb|muon")
+    name: OptimizerName = Field(
+        "adamw", description="sgd|adam|adamw|rmsprop|adafactor|lion|lamb|muon"
+    )
     lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
     weight_decay: float = Field(0.1, ge=0.0, description="decoupled weight decay (0 disables)")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="first-moment decay")
@@ -137,7 +139,8 @@ class DataConfig(_Strict):
 
     source: str = Field(
         "builtin:pystdlib",
-        description="file, directory, .jsonl, .parquet, builtin:pystdlib or synthetic:markov[:k=v,...]",
+        description="file, directory, .jsonl, .parquet, builtin:pystdlib or "
+        "synthetic:markov[:k=v,...]",
     )
     val_source: str | None = Field(None, description="explicit validation source (else a split)")
     tokenizer: TokenizerName = Field("byte", description="byte, char or bpe")

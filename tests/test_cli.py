@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from budgetlm import __version__
+from budgetlm.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_version() -> None:
+    res = invoke("--version")
+    assert res.exit_code == 0
+    assert __version__ in res.output
+
+
+def test_estimate_json_gpt2() -> None:
+    res = invoke("estimate", "gpt2-124m", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["params"] == 124_439_808
+    assert {"params", "non_embedding_params", "flops_per_token", "memory"} <= set(d)
+    assert d["memory"]["total"] == sum(v for k, v in d["memory"].items() if k != "total")
+
+
+def test_estimate_table_and_flags() -> None:
+    res = invoke("estimate", "tiny", "-b", "4", "--precision", "bf16", "--checkpointing")
+    assert res.exit_code == 0, res.output
+    assert "parameters" in res.output and "memory total" in res.output
+
+
+def test_schema_prints_json() -> None:
+    res = invoke("schema")
+    assert res.exit_code == 0
+    assert json.loads(res.output)["title"] == "budgetlm RunConfig"
+
+
+def _yaml(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+MALFORMED = {
+    "bad_yaml": (lambda t: ["estimate", _yaml(t, "model: {n_layer: 2\n")], "invalid YAML"),
+    "unknown_key": (lambda t: ["estimate", _yaml(t, "model: {layers: 2}\n")], "model.layers"),
+    "wrong_type": (lambda t: ["estimate", _yaml(t, "model: {n_layer: deep}\n")], "model.n_layer"),
+    "negative_width": (
+        lambda t: ["estimate", _yaml(t, "model: {d_model: -64}\n")], "model.d_model"
+    ),
+    "heads_not_dividing": (
+        lambda t: ["estimate", "tiny", "--set", "model.n_head=5"], "must divide d_model"
+    ),
+    "unknown_preset": (lambda t: ["estimate", "gpt5"], "unknown preset"),
+    "unknown_optimizer": (lambda t: ["estimate", "tiny", "--optimizer", "adamx"], "optim.name"),
+    "unknown_precision": (
+        lambda t: ["estimate", "tiny", "--precision", "fp8"], "train.precision"
+    ),
+    "bad_set_syntax": (lambda t: ["estimate", "tiny", "--set", "model.n_layer"], "key=value"),
+    "missing_file": (lambda t: ["estimate", str(t / "nope.yaml")], "no such file"),
+    "top_level_list": (lambda t: ["estimate", _yaml(t, "- 1\n- 2\n")], "mapping"),
+    "unknown_top_key": (lambda t: ["estimate", _yaml(t, "modle: {}\n")], "modle: unknown key"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_input_exits_2_with_one_line(case: str, tmp_path: Path) -> None:
+    make_args, needle = MALFORMED[case]
+    res = invoke(*make_args(tmp_path))
+    assert res.exit_code == 2, res.output
+    text = res.output.strip()
+    assert needle in text
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def test_console_script_estimate_is_fast_and_torch_free() -> None:
+    exe = Path(sys.executable).with_name("budgetlm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "budgetlm"]
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [*cmd, "estimate", "gpt2-124m", "--json"], capture_output=True, text=True, env=_env()
+    )
+    wall = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["params"] == 124_439_808
+    assert wall < 5.0  # the 1.5 s target is measured in benchmarks; this guards regressions
+    code = "import budgetlm.cli, budgetlm.estimate, sys; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0
+
+
+def test_console_script_user_error_exit_code() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "budgetlm", "estimate", "tiny", "--set", "model.n_head=7"],
+        capture_output=True, text=True, env=_env(),
+    )
+    assert out.returncode == 2
+    assert "must divide" in out.stderr
+    assert "Traceback" not in out.stderr

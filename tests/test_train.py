@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from budgetlm.config import OPTIMIZERS, RunConfig, load_config
+from budgetlm.errors import UserError
+from budgetlm.train import train
+from budgetlm.trainloop import StopRun
+
+MARKOV = "synthetic:markov:order=1,vocab=16,seed=0,tokens=200000"
+
+
+def tiny(*overrides: str, source: str = MARKOV) -> RunConfig:
+    base = [
+        f"data.source={source}",
+        "model.seq_len=32",
+        "train.micro_batch=8",
+        "train.max_steps=30",
+        "train.eval_interval=10",
+        "train.eval_tokens=2048",
+        "train.log_interval=1",
+    ]
+    return load_config("tiny", base + list(overrides))
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if '"train"' in x]
+
+
+def test_run_directory_is_complete(tmp_path: Path) -> None:
+    res = train(tiny(), run_dir=tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "result.json", "tokenizer"):
+        assert (run / name).exists(), name
+    assert (run / "checkpoints" / "best.pt").exists()
+    assert list((run / "checkpoints").glob("step_*.pt"))
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["stop_reason"] == "max_steps"
+    assert result["steps"] == 30 and result["tokens"] == 30 * 8 * 32
+    assert result["val_loss"] > 0 and result["val_bpb"] > 0
+    assert result["tokens_per_s"] > 0
+    assert "memory_bytes" in result["predicted"]
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__
+    assert res.val_loss == pytest.approx(result["val_loss"])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_lowers_the_loss(name: str, tmp_path: Path) -> None:
+    lr = {"sgd": 0.3, "lion": 3e-4, "muon": 3e-3, "adafactor": 1e-2}.get(name, 3e-3)
+    res = train(tiny(f"optim.name={name}", f"optim.lr={lr}"), run_dir=tmp_path / name)
+    first = train_records(tmp_path / name)[0]["loss"]
+    assert res.status == "completed"
+    assert res.train_loss < first - 0.1, (first, res.train_loss)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths(precision: str, tmp_path: Path) -> None:
+    res = train(tiny(f"train.precision={precision}", "train.max_steps=6"), run_dir=tmp_path / "r")
+    assert res.status == "completed"
+    assert math.isfinite(res.val_loss)
+
+
+def _one_step_weights(micro: int, accum: int, tmp: Path) -> tuple[float, dict]:
+    cfg = tiny(f"train.micro_batch={micro}", f"train.grad_accum={accum}", "train.max_steps=1",
+               "optim.grad_clip=null")
+    res = train(cfg, run_dir=tmp)
+    state = torch.load(tmp / "checkpoints" / "step_00000001.pt", weights_only=False)
+    return res.train_loss, state["model"]
+
+
+def test_gradient_accumulation_equals_large_batch(tmp_path: Path) -> None:
+    loss_a, w_a = _one_step_weights(4, 4, tmp_path / "a")
+    loss_b, w_b = _one_step_weights(16, 1, tmp_path / "b")
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    for k in w_a:
+        assert torch.allclose(w_a[k], w_b[k], atol=1e-5), k
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    # lr so small the val loss cannot improve by min_delta: stops after `patience` evals
+    cfg = tiny("optim.lr=1e-9", "train.patience=2", "train.min_delta=0.5", "train.max_steps=200",
+               "train.eval_interval=5")
+    res = train(cfg, run_dir=tmp_path / "r")
+    assert res.status == "early_stopped"
+    assert res.steps == 15  # evals at 5 (best), 10 and 15 (no gain twice)
+
+
+def test_time_cap_is_honored(tmp_path: Path) -> None:
+    cfg = tiny("train.max_steps=null", "train.max_time=3", "train.eval_interval=1000")
+    res = train(cfg, run_dir=tmp_path / "r")
+    assert res.stop_reason == "max_time"
+    step = res.train_seconds / res.steps
+    assert res.train_seconds <= 3 * 1.02 + step + 0.5  # + final eval margin
+    records = train_records(tmp_path / "r")
+    peak = max(r["lr"] for r in records)
+    assert records[-1]["lr"] < 0.6 * peak  # the schedule followed the clock: annealed at the cap
+
+
+def test_nan_loss_ends_run_as_diverged(tmp_path: Path) -> None:
+    cfg = tiny("optim.name=sgd", "optim.lr=1e30", "optim.grad_clip=null", "optim.momentum=0",
+               "train.max_steps=50")
+    res = train(cfg, run_dir=tmp_path / "r")
+    assert res.status == "diverged"
+    assert res.steps < 50
+
+
+def test_resume_reproduces_the_loss_curve_bit_for_bit(tmp_path: Path) -> None:
+    cfg = tiny("train.max_steps=24", "train.eval_interval=6", "model.dropout=0.1")
+    train(cfg, run_dir=tmp_path / "full")
+
+    def interrupt(rec: dict) -> None:
+        if rec["step"] == 12:
+            raise KeyboardInterrupt
+
+    part = train(cfg, run_dir=tmp_path / "part", on_eval=interrupt)
+    assert part.status == "interrupted" and part.steps == 12
+    resumed = train(cfg, resume=tmp_path / "part")
+    assert resumed.steps == 24
+    full = [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "full")]
+    again = [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "part")]
+    assert full == again
+
+
+def test_stop_run_from_callback(tmp_path: Path) -> None:
+    def prune(rec: dict) -> None:
+        raise StopRun("pruned", "median rule")
+
+    res = train(tiny(), run_dir=tmp_path / "r", on_eval=prune)
+    assert res.status == "pruned" and res.steps == 10
+
+
+def test_bert_masked_lm_trains(tmp_path: Path) -> None:
+    cfg = load_config(
+        "bert-tiny",
+        [f"data.source={MARKOV}", "model.seq_len=32", "train.max_steps=150",
+         "train.eval_interval=75", "train.eval_tokens=2048", "train.log_interval=1"],
+    )
+    res = train(cfg, run_dir=tmp_path / "r")
+    recs = train_records(tmp_path / "r")
+    assert res.status == "completed"
+    assert res.train_loss < recs[0]["loss"] - 0.3
+    assert res.val_loss < math.log(16) + 0.1
+
+
+def test_init_from_starts_with_trained_weights(tmp_path: Path) -> None:
+    first = train(tiny(), run_dir=tmp_path / "a")
+    cfg = tiny("train.max_steps=1", f"train.init_from={tmp_path / 'a'}", "optim.lr=1e-9")
+    second = train(cfg, run_dir=tmp_path / "b")
+    assert second.val_loss == pytest.approx(first.best_val_loss, abs=0.05)
+
+
+def test_no_cap_is_a_user_error() -> None:
+    cfg = tiny("train.max_steps=null")
+    with pytest.raises(UserError, match="no cap"):
+        train(cfg)

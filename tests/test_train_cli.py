@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from budgetlm.cli import app
+
+runner = CliRunner()
+
+
+def make_inputs(t: Path) -> dict[str, tuple[list[str], str]]:
+    (t / "empty.txt").write_text("")
+    (t / "short.txt").write_text("ab")
+    (t / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    (t / "bad.jsonl").write_text('{"text": "fine"}\n{not json\n')
+    (t / "nockpt").mkdir()
+    return {
+        "missing_file": (["--data", str(t / "missing.txt")], "no such file"),
+        "empty_corpus": (["--data", str(t / "empty.txt")], "empty"),
+        "shorter_than_sequence": (["--data", str(t / "short.txt")], "shorter than one sequence"),
+        "unknown_tokenizer": (["--tokenizer", "wordpiece"], "data.tokenizer"),
+        "non_text_file": (["--data", str(t / "blob.bin")], "not a UTF-8 text file"),
+        "bad_jsonl_line": (["--data", str(t / "bad.jsonl")], "line 2"),
+        "negative_cap": (["--max-time", "-5"], "max-time"),
+        "resume_without_checkpoint": (["--resume", str(t / "nockpt")], "no checkpoint"),
+        "unknown_builtin": (["--data", "builtin:nothing"], "builtin:nothing"),
+    }
+
+
+CASES = [
+    "missing_file", "empty_corpus", "shorter_than_sequence", "unknown_tokenizer",
+    "non_text_file", "bad_jsonl_line", "negative_cap", "resume_without_checkpoint",
+    "unknown_builtin",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_train_input_exits_2(case: str, tmp_path: Path) -> None:
+    args, needle = make_inputs(tmp_path)[case]
+    res = runner.invoke(app, ["train", "tiny", "--run-dir", str(tmp_path / "run"), *args])
+    assert res.exit_code == 2, res.output
+    text = res.output.strip()
+    assert needle in text, text
+    assert "Traceback" not in text and len(text.splitlines()) == 1, text
+
+
+def test_train_and_sample_through_cli(tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    run = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        ["train", "tiny", "--data", str(text), "--tokenizer", "char", "--max-steps", "20",
+         "--run-dir", str(run), "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["status"] == "completed" and out["val_bpb"] > 0
+    res = runner.invoke(app, ["sample", str(run), "--prompt", "the ", "--tokens", "20"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("the ")
