@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -263,6 +264,8 @@ def train(
         resume=resume,
     )
     result = run_train(cfg, run_dir=run_dir, resume=resume, progress=not (quiet or json_out))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        return
     if json_out:
         _print_json(result.to_dict())
     else:

@@ -401,6 +401,7 @@ def _result(
         import torch.distributed as dist
 
         dist.barrier()
+        dist.destroy_process_group()
     return result
 
 

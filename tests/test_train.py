@@ -160,3 +160,16 @@ def test_no_cap_is_a_user_error() -> None:
     cfg = tiny("train.max_steps=null")
     with pytest.raises(UserError, match="no cap"):
         train(cfg)
+
+
+def test_activation_checkpointing_keeps_the_loss_and_lowers_the_estimate(tmp_path: Path) -> None:
+    from budgetlm.estimate import memory_breakdown
+
+    off = tiny("train.max_steps=5")
+    on = tiny("train.max_steps=5", "train.activation_checkpointing=true")
+    train(off, run_dir=tmp_path / "off")
+    train(on, run_dir=tmp_path / "on")
+    a = [r["loss"] for r in train_records(tmp_path / "off")]
+    b = [r["loss"] for r in train_records(tmp_path / "on")]
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+    assert memory_breakdown(on).activations < memory_breakdown(off).activations
