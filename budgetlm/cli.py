@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -402,7 +401,7 @@ def plan(
     data_cfg = _plan_data(data, tokenizer)
     quiet = json_out
     status = None
-    if budget.kind == "time" and not quiet:
+    if budget.kind == "time" and calibrate is not False and not quiet:
         status = err_console.status("planning (timing candidates on this machine)…")
         status.start()
     try:
@@ -455,6 +454,8 @@ def _plan_data(source: str | None, tokenizer: str | None) -> Any:
 
 
 def _print_plan(p: Any, top: int) -> None:
+    from rich import box
+
     console.print(p.first_line, highlight=False, soft_wrap=True)
     kind = p.law.kind
     t = Table(
@@ -536,6 +537,95 @@ def _plan_row(c: Any) -> list[str]:
         _short_bytes(c.memory_bytes) if c.memory_bytes is not None else "-",
         f"{c.loss:.3f}" + ("*" if c.extrapolated else ""),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# tune / report / export
+
+StudyArg = Annotated[Path, typer.Argument(help="study file (YAML); see `budgetlm schema study`")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="storage URL (sqlite:///…, journal:PATH, postgresql://…)"),
+]
+StudySetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s",
+        help="override the study file: budget.trials=10, space.optim.lr.high=0.1, or a "
+        "RunConfig field for every trial (model.n_layer=4); repeatable",
+    ),
+]
+
+
+@app.command()
+@guarded
+def tune(
+    study_file: StudyArg,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="trials at once on this machine")
+    ] = None,
+    storage: StorageOpt = None,
+    overrides: StudySetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live table")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tune hyperparameters: one capped subprocess per trial, pruning on the budget axis."""
+    from budgetlm.tune import load_study, run_study
+    from budgetlm.tune.report import render_summary
+
+    study = load_study(study_file, overrides, storage)
+    summary = run_study(study, workers=workers, console=err_console if json_out else console,
+                        quiet=quiet or json_out)
+    if json_out:
+        _print_json(summary)
+        return
+    render_summary(console, summary, study)
+    for err in summary.get("errors") or []:
+        err_console.print(f"[red]tuner error:[/] {err.strip().splitlines()[-1]}", highlight=False)
+
+
+@app.command()
+@guarded
+def report(
+    study_file: StudyArg,
+    storage: StorageOpt = None,
+    overrides: StudySetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Summarize a study: best trial, Pareto front, pruning savings; rewrite its outputs."""
+    from budgetlm.tune import load_study, report_study
+    from budgetlm.tune.report import render_summary
+
+    study = load_study(study_file, overrides, storage)
+    summary = report_study(study)
+    if json_out:
+        _print_json(summary)
+        return
+    render_summary(console, summary, study)
+
+
+@app.command()
+@guarded
+def export(
+    study_file: StudyArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="RunConfig YAML to write")],
+    trial: Annotated[
+        int | None, typer.Option("--trial", "-t", min=0, help="trial number (default: the best)")
+    ] = None,
+    keep_time_cap: Annotated[
+        bool,
+        typer.Option("--keep-time-cap", help="keep a time cap (default: the tokens it reached)"),
+    ] = False,
+    storage: StorageOpt = None,
+    overrides: StudySetOpt = None,
+) -> None:
+    """Write one trial's config as a RunConfig file that `budgetlm train` runs."""
+    from budgetlm.tune import export_trial, load_study
+
+    study = load_study(study_file, overrides, storage)
+    cfg = export_trial(study, trial, output, keep_time_cap=keep_time_cap)
+    console.print(f"wrote {output} ({cfg.name}); run it: budgetlm train {output}",
+                  highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,0 +1,382 @@
+"""Scaling laws: loss forms, published constants, compute-optimal allocation, data repetition,
+hyperparameter priors. Pure Python (no torch, no numpy), so `budgetlm plan` stays fast.
+
+Every constant here is a *prior*: fitted on somebody else's data, tokenizer and training recipe.
+A loss predicted from one is a statement about that setup transported to ours, and the planner
+labels it "prior". A law refitted on this corpus (a later step: pilot runs, Huber loss in log
+space as Chinchilla did) enters through `law_from_fit` with the same L(N, D) form and is labelled
+"fit".
+
+Forms
+-----
+Chinchilla form (Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", eq. 2):
+
+    L(N, D) = E + A / N^alpha + B / D^beta          N: parameters, D: training tokens
+
+minimized under C = 6·N·D (Kaplan et al. 2020 §2.1) in closed form (Hoffmann et al. eq. 4):
+
+    N_opt(C) = G · (C/6)^a,   D_opt(C) = G^-1 · (C/6)^b,
+    G = (alpha·A / (beta·B))^(1/(alpha+beta)),   a = beta/(alpha+beta),   b = alpha/(alpha+beta).
+
+Kaplan form (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", eq. 1.5 / 4.1,
+constants from Table 2, the joint L(N, D) fit), N counting non-embedding parameters:
+
+    L(N, D) = [ (N_c/N)^(alpha_N/alpha_D) + D_c/D ]^alpha_D
+
+Data-constrained (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models", eq. 5):
+with U unique tokens seen for D total tokens (epochs = D/U, R = epochs - 1 repetitions),
+
+    D' = U + U · R_D* · (1 - exp(-R / R_D*)),     R_D* = 15.4 (fitted 15.387)
+
+and likewise for parameters in excess of U_N, the compute-optimal size for U tokens
+(R_N = N/U_N - 1, R_N* = 5.3, fitted 5.309): N' = U_N + U_N·R_N*·(1 - exp(-R_N/R_N*)),
+with U_N held at >= 10M parameters, the smallest models they fitted it on. The loss is then
+L(N', D'). Up to ~4 epochs D' ≈ D: repeated data is nearly as good as new; with scarce data the
+compute-optimal allocation moves to more epochs and fewer parameters than Chinchilla's.
+
+Hyperparameter priors (DeepSeek-AI 2024, "DeepSeek LLM: Scaling Open-Source Language Models
+with Longtermism", §3.1, eq. 1), C in FLOPs (their C = M·D with M the non-embedding FLOPs per
+token including attention), fitted for 1e17 ≤ C ≤ 2e19 with AdamW (0.9, 0.95), weight decay 0.1:
+
+    lr_opt(C) = 0.3118 · C^-0.125,     B_opt(C) = 0.2920 · C^0.3271   (tokens per step)
+
+`lr_prior` holds the lr at its 1e17 value below the fitted range (see its docstring for why).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from budgetlm.errors import UserError
+
+# Muennighoff et al. 2023, §3.1 / eq. 5: fitted decay constants of repeated data and excess
+# parameters.
+R_D_STAR = 15.4
+R_N_STAR = 5.3
+# Their models spanned 10M to 9B parameters: the excess-parameter decay is not applied to
+# models smaller than this (see `excess_params_base`).
+MUENNIGHOFF_MIN_PARAMS = 1e7
+
+# Chinchilla (Hoffmann et al. 2022) Table 3: compute-optimal (parameters, FLOPs, tokens) from
+# their approach 1 (the table's rows); used by tests as the reference allocation.
+CHINCHILLA_TABLE3: tuple[tuple[float, float, float], ...] = (
+    (400e6, 1.92e19, 8.0e9),
+    (1e9, 1.21e20, 20.2e9),
+    (10e9, 1.23e22, 205.1e9),
+    (67e9, 5.76e23, 1.5e12),
+    (175e9, 3.85e24, 3.7e12),
+    (280e9, 9.90e24, 5.9e12),
+    (520e9, 3.43e25, 11.0e12),
+    (1e12, 1.27e26, 21.2e12),
+    (10e12, 1.30e28, 216.2e12),
+)
+
+
+@dataclass(frozen=True)
+class LossLaw:
+    """A loss law L(N, D) in nats/token with its provenance.
+
+    form: "chinchilla" (E + A/N^alpha + B/D^beta) or "kaplan" ([(Nc/N)^(aN/aD) + Dc/D]^aD).
+    params: which parameter count N means: "total" (Chinchilla and Epoch count every parameter,
+    embeddings included) or "non_embedding" (Kaplan).
+    kind: "prior" (published constants) or "fit" (fitted on this corpus).
+    fit_range: (N_min, N_max, D_min, D_max) of the runs the constants were fitted on; a prediction
+    outside it is an extrapolation.
+    """
+
+    name: str
+    form: str
+    E: float = 0.0
+    A: float = 0.0
+    B: float = 0.0
+    alpha: float = 0.0
+    beta: float = 0.0
+    n_c: float = 0.0
+    d_c: float = 0.0
+    alpha_n: float = 0.0
+    alpha_d: float = 0.0
+    params: str = "total"
+    kind: str = "prior"
+    source: str = ""
+    unit: str = "nats/token"
+    fit_range: tuple[float, float, float, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- the law --------------------------------------------------------------------------------
+    def loss(self, n: float, d: float) -> float:
+        """Predicted loss (nats/token, the law's own tokenizer) of N parameters after D tokens."""
+        if n <= 0 or d <= 0:
+            return math.inf
+        if self.form == "chinchilla":
+            return self.E + self.A / n**self.alpha + self.B / d**self.beta
+        if self.form == "kaplan":
+            return ((self.n_c / n) ** (self.alpha_n / self.alpha_d) + self.d_c / d) ** self.alpha_d
+        raise ValueError(f"unknown law form {self.form!r}")
+
+    def n_of(self, total: float, non_embedding: float) -> float:
+        """The parameter count this law means, from a model's total and non-embedding counts."""
+        return non_embedding if self.params == "non_embedding" else total
+
+    # -- compute-optimal allocation ---------------------------------------------------------------
+    def optimal(self, flops: float) -> tuple[float, float]:
+        """(N_opt, D_opt) minimizing L(N, D) under 6·N·D = flops."""
+        if flops <= 0:
+            raise ValueError("flops must be positive")
+        if self.form == "chinchilla":
+            g = self.G
+            a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
+            return g * (flops / 6) ** a, (flops / 6) ** b / g
+        n = minimize_log(lambda x: self.loss(x, flops / (6 * x)), 1.0, flops / 6)
+        return n, flops / (6 * n)
+
+    @property
+    def G(self) -> float:  # noqa: N802 - Hoffmann et al.'s symbol
+        """Hoffmann et al. eq. 4: G = (alpha·A / (beta·B))^(1/(alpha+beta))."""
+        if self.form != "chinchilla":
+            raise ValueError("G is defined for the Chinchilla form only")
+        return (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+
+    def params_for_tokens(self, tokens: float) -> float:
+        """U_N: the compute-optimal size for `tokens` tokens (Muennighoff et al.'s base params)."""
+        if self.form == "chinchilla":
+            a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
+            c6 = (tokens * self.G) ** (1 / b)
+            return self.G * c6**a
+        # numeric: find C with D_opt(C) = tokens (D_opt grows monotonically in C)
+        lo, hi = math.log(6 * tokens), math.log(6 * tokens) + 80
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            if self.optimal(math.exp(mid))[1] < tokens:
+                lo = mid
+            else:
+                hi = mid
+        return self.optimal(math.exp(lo))[0]
+
+    # -- with repeated data -----------------------------------------------------------------------
+    def loss_repeated(
+        self, n: float, d: float, unique: float | None, excess_params: bool = True
+    ) -> float:
+        """L(N', D') of Muennighoff et al. 2023: D tokens drawn from `unique` unique tokens.
+
+        unique None: unlimited data (plain L(N, D)). excess_params: also discount parameters
+        beyond the compute-optimal size for `unique` tokens (their N' term).
+        """
+        if unique is None or unique <= 0 or d <= unique:
+            return self.loss(n, d)
+        d_eff = effective_data(d, unique)
+        n_eff = n
+        if excess_params:
+            n_eff = effective_params(n, excess_params_base(self, unique))
+        return self.loss(n_eff, d_eff)
+
+    def in_range(self, n: float, d: float) -> bool:
+        if self.fit_range is None:
+            return True
+        n0, n1, d0, d1 = self.fit_range
+        return n0 <= n <= n1 and d0 <= d <= d1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v not in (0.0, None, {}, "")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Published constants (priors)
+
+CHINCHILLA = LossLaw(
+    name="chinchilla", form="chinchilla",
+    E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, params="total",
+    source="Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, eq. 10 "
+           "(approach 3); MassiveText, SentencePiece 32k",
+    fit_range=(7e7, 1.6e10, 5e9, 5e11),
+)
+
+EPOCH = LossLaw(
+    name="epoch", form="chinchilla",
+    E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, params="total",
+    source="Besiroglu et al. 2024 (Epoch AI), Chinchilla Scaling: A replication attempt, eq. 3 "
+           "(refit of Hoffmann et al.'s approach 3 data)",
+    fit_range=(7e7, 1.6e10, 5e9, 5e11),
+)
+
+KAPLAN = LossLaw(
+    name="kaplan", form="kaplan",
+    n_c=6.4e13, d_c=1.8e13, alpha_n=0.076, alpha_d=0.103, params="non_embedding",
+    source="Kaplan et al. 2020, Scaling Laws for Neural Language Models, eq. 1.5 with the L(N,D) "
+           "fit of Table 2; WebText2, GPT-2 BPE; N excludes embeddings",
+    fit_range=(7.7e5, 1.5e9, 2.2e7, 2.3e10),
+)
+
+PRIORS: dict[str, LossLaw] = {"epoch": EPOCH, "chinchilla": CHINCHILLA, "kaplan": KAPLAN}
+
+
+def prior(name: str) -> LossLaw:
+    if name not in PRIORS:
+        raise UserError(f"--prior: unknown prior {name!r}; expected one of {', '.join(PRIORS)}")
+    return PRIORS[name]
+
+
+def law_from_fit(fit: dict[str, Any]) -> LossLaw:
+    """A Chinchilla-form law fitted on this corpus: {E, A, B, alpha, beta[, name, source, ...]}.
+
+    The hook through which a fitted law (from pilot runs) replaces the prior in `plan(fit=...)`.
+    Extra keys (e.g. uncertainty, n_runs) are kept in `extra`.
+    """
+    need = ("E", "A", "B", "alpha", "beta")
+    missing = [k for k in need if k not in fit]
+    if missing:
+        raise UserError(f"fit: missing {', '.join(missing)} (expected keys {', '.join(need)})")
+    try:
+        values = {k: float(fit[k]) for k in need}
+    except (TypeError, ValueError):
+        raise UserError(f"fit: {', '.join(need)} must be numbers") from None
+    if values["alpha"] <= 0 or values["beta"] <= 0 or values["A"] <= 0 or values["B"] <= 0:
+        raise UserError("fit: A, B, alpha and beta must be positive")
+    extra = {k: v for k, v in fit.items() if k not in (*need, "name", "source", "fit_range")}
+    fr = fit.get("fit_range")
+    return LossLaw(
+        name=str(fit.get("name", "fit")), form="chinchilla", params="total", kind="fit",
+        source=str(fit.get("source", "fitted on this corpus")),
+        fit_range=tuple(fr) if fr else None,  # type: ignore[arg-type]
+        extra=extra, **values,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-constrained scaling (Muennighoff et al. 2023)
+
+
+def epochs(tokens: float, unique: float | None) -> float:
+    """Passes over the unique data that `tokens` training tokens take (1.0 when unlimited)."""
+    if unique is None or unique <= 0:
+        return 1.0
+    return max(1.0, tokens / unique)
+
+
+def effective_data(tokens: float, unique: float, r_star: float = R_D_STAR) -> float:
+    """D' = U + U·R*·(1 - exp(-R/R*)), R = tokens/U - 1 (Muennighoff et al. 2023, eq. 5)."""
+    if tokens <= unique:
+        return tokens
+    r = tokens / unique - 1
+    return unique + unique * r_star * (1 - math.exp(-r / r_star))
+
+
+def excess_params_base(law: LossLaw, unique: float) -> float:
+    """U_N: the size beyond which parameters decay in value (Muennighoff et al. eq. 5), i.e. the
+    law's compute-optimal size for `unique` tokens, held at the smallest model the decay was
+    fitted on (MUENNIGHOFF_MIN_PARAMS): below it the decay would be extrapolated from the prior's
+    tokens-per-parameter ratio, not observed."""
+    return max(law.params_for_tokens(unique), MUENNIGHOFF_MIN_PARAMS)
+
+
+def effective_params(n: float, base: float, r_star: float = R_N_STAR) -> float:
+    """N' = U_N + U_N·R_N*·(1 - exp(-R_N/R_N*)), R_N = N/U_N - 1 (Muennighoff et al. eq. 5)."""
+    if n <= base:
+        return n
+    r = n / base - 1
+    return base + base * r_star * (1 - math.exp(-r / r_star))
+
+
+def data_constrained_optimal(
+    law: LossLaw, flops: float, unique: float | None, excess_params: bool = True
+) -> tuple[float, float]:
+    """(N, D) minimizing the data-constrained loss under 6·N·D = flops."""
+    if unique is None:
+        return law.optimal(flops)
+    n = minimize_log(
+        lambda x: law.loss_repeated(x, flops / (6 * x), unique, excess_params), 1.0, flops / 6
+    )
+    return n, flops / (6 * n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameter priors (DeepSeek LLM 2024, §3.1)
+
+DEEPSEEK_FIT_RANGE = (1e17, 2e19)
+
+
+def lr_prior(flops: float) -> float:
+    """The DeepSeek lr prior, held at its value at the low end of the fitted range below it.
+
+    Extrapolating eta = 0.3118·C^-0.125 five decades down (minutes on a CPU, C ~ 1e12) gives
+    ~8e-3. budgetlm's own runs (2-core CPU, 4x128 character GPT, 1.57M tokens of stdlib
+    docstrings, AdamW) ended at 2.47 nats with 8e-3 against 1.83 with 3e-3 (4096-token batches),
+    and at 1.64 with 3e-3 against 1.76 with nanoGPT's 1e-3 (768-token batches). The fitted range
+    starts at 1e17 FLOPs, where eta ≈ 2.3e-3: that value is used below it.
+    """
+    return deepseek_lr(max(flops, DEEPSEEK_FIT_RANGE[0]))
+
+
+def deepseek_lr(flops: float) -> float:
+    """eta_opt = 0.3118 · C^-0.125 (AdamW peak learning rate)."""
+    return 0.3118 * flops**-0.125
+
+
+def deepseek_batch_tokens(flops: float) -> float:
+    """B_opt = 0.2920 · C^0.3271 tokens per optimizer step."""
+    return 0.2920 * flops**0.3271
+
+
+# ---------------------------------------------------------------------------------------------
+# Context length
+
+
+@functools.lru_cache(maxsize=256)
+def context_excess(seq_len: int, scale: float = 0.5) -> float:
+    """Heuristic extra loss (nats/token) of training and evaluating on windows of `seq_len`.
+
+    The published laws carry no context term, so on their own they would always pick the
+    shortest window (it costs the fewest attention FLOPs). A token at position t of a window sees
+    t-1 tokens of context; per-token loss falls roughly as a power of t (Kaplan et al. 2020 §D.5,
+    Fig. 20 show a power law in position). budgetlm takes excess(t) = scale · t^-1/2 and averages
+    it over the window: ≈ 2·scale/sqrt(T). With scale 0.5 nats the difference between 1024 and
+    2048 is ~0.01 nats, between 64 and 256 ~0.06: a tie-breaker against attention cost, not a
+    prediction. Labelled a heuristic wherever it is used.
+    """
+    t = max(1, int(seq_len))
+    return scale * sum(i**-0.5 for i in range(1, t + 1)) / t if t <= 4096 else 2 * scale / t**0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerics
+
+
+def minimize_log(f: Any, lo: float, hi: float, iters: int = 200, grid: int = 240) -> float:
+    """Minimize f(x) over [lo, hi]: a log-spaced grid, then golden-section search on log x
+    around the best grid point (robust to the flat shoulders of the data-constrained law)."""
+    a, b = math.log(max(lo, 1e-300)), math.log(hi)
+    if b <= a:
+        return lo
+    xs = [a + (b - a) * i / grid for i in range(grid + 1)]
+    best = min(range(len(xs)), key=lambda i: f(math.exp(xs[i])))
+    a, b = xs[max(0, best - 1)], xs[min(grid, best + 1)]
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(math.exp(c)), f(math.exp(d))
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(math.exp(d))
+        if b - a < 1e-9:
+            break
+    return math.exp((a + b) / 2)
+
+
+def parse_number(text: str, what: str) -> float:
+    """'1e19', '2.5e9', '8B', '400M', '1.5T', '20k' -> float; UserError naming `what` otherwise."""
+    s = str(text).strip().replace("_", "").replace(",", "")
+    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12, "p": 1e15}
+    try:
+        if s and s[-1].lower() in mult and not s.lower().endswith("e"):
+            return float(s[:-1]) * mult[s[-1].lower()]
+        return float(s)
+    except ValueError:
+        raise UserError(f"{what}: expected a number like 1e19 or 8B, got {text!r}") from None
