@@ -160,6 +160,11 @@ class TrainConfig(_Strict):
     activation_checkpointing: bool = Field(False, description="recompute each block in backward")
     compile: bool = Field(False, description="torch.compile the model")
     device: Device = Field("auto", description="auto, cpu or cuda")
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads for torch (null: torch's default; tiny models often run "
+        "fastest on 1, and a loaded machine punishes oversubscription)",
+    )
     max_steps: int | None = Field(None, ge=1, description="cap: optimizer steps")
     max_tokens: int | None = Field(None, ge=1, description="cap: training tokens")
     max_flops: float | None = Field(None, gt=0.0, description="cap: training FLOPs (estimated)")
@@ -215,7 +220,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "vocab_size": 256, "seq_len": 64},
         "optim": {"lr": 3e-3},
         "schedule": {"warmup_steps": 10},
-        "train": {"micro_batch": 16, "max_steps": 150, "eval_interval": 50, "eval_tokens": 16384},
+        "train": {
+            "micro_batch": 16, "max_steps": 500, "eval_interval": 100, "eval_tokens": 16384,
+            "threads": 1,
+        },
     },
     # nanoGPT's shakespeare_char CPU recipe (README "I only have a macbook"):
     # n_layer 4, n_head 4, n_embd 128, block 64, batch 12, 2000 iters, lr 1e-3 cosine to 1e-4,
@@ -279,7 +287,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "optim": {"lr": 2e-3},
         "schedule": {"warmup_steps": 10},
-        "train": {"micro_batch": 16, "max_steps": 150, "eval_interval": 50, "eval_tokens": 16384},
+        "train": {
+            "micro_batch": 16, "max_steps": 150, "eval_interval": 50, "eval_tokens": 16384,
+            "threads": 1,
+        },
     },
 }
 

@@ -162,6 +162,8 @@ class _Run:
         self.t_start = time.perf_counter()
         self.device = pick_device(cfg.train.device)
         self.dist = init_distributed(self.device)
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -173,3 +173,15 @@ def test_activation_checkpointing_keeps_the_loss_and_lowers_the_estimate(tmp_pat
     b = [r["loss"] for r in train_records(tmp_path / "on")]
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
     assert memory_breakdown(on).activations < memory_breakdown(off).activations
+
+
+def test_gpt_reaches_the_markov_entropy_floor(tmp_path: Path) -> None:
+    source = "synthetic:markov:order=2,vocab=8,tokens=1000000"
+    cfg = load_config("tiny", [
+        f"data.source={source}", "model.seq_len=64", "optim.lr=3e-3", "train.max_steps=null",
+        "train.max_time=30", "train.eval_interval=100000", "train.eval_tokens=16384",
+    ])
+    res = train(cfg, run_dir=tmp_path / "r")
+    assert res.entropy_rate is not None
+    assert res.train_seconds < 60
+    assert res.val_loss <= res.entropy_rate + 0.05, (res.val_loss, res.entropy_rate)

@@ -62,3 +62,22 @@ def test_train_and_sample_through_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["sample", str(run), "--prompt", "the ", "--tokens", "20"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("the ")
+
+
+def test_console_script_trains_tiny_on_the_default_corpus(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).with_name("budgetlm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "budgetlm"]
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [*cmd, "train", "tiny", "--run-dir", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, env={**os.environ}, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert time.perf_counter() - t0 < 60
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "completed" and result["val_bpb"] < 4.0
