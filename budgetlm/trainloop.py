@@ -236,6 +236,7 @@ def run_loop(s: _Run) -> TrainResult:
     last_eval_time = loop_start
     last_eval_step = c.step if s.resume_state is not None else -1
     step_times: list[float] = []
+    data_seconds = 0.0  # host time spent drawing batches: shows whether data loading stalls
     if s.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     bar = _progress_bar(s)
@@ -252,7 +253,9 @@ def run_loop(s: _Run) -> TrainResult:
             lr = set_lr(opt, lr_factor(cfg.schedule, p, c.step, total_steps=total_steps))
             loss_acc = torch.zeros((), device=s.device)
             for i, m in enumerate(my_micros):
+                t_data = time.perf_counter()
                 x, y = _batch(s, s.corpus.train, mb, c.step, m)
+                data_seconds += time.perf_counter() - t_data
                 sync = (
                     model.no_sync()
                     if s.dist.world > 1 and i < len(my_micros) - 1
@@ -316,7 +319,7 @@ def run_loop(s: _Run) -> TrainResult:
         _eval_and_track(s, raw_model, mb, c, checkpoint_state, final=True)
     if s.dist.main and c.step > 0 and status != "diverged":
         s.run.save_checkpoint(checkpoint_state(), c.step, t.keep_last)
-    return _result(s, cfg, c, status, reason, mb, est, step_times, TrainResult)
+    return _result(s, cfg, c, status, reason, mb, est, step_times, data_seconds, TrainResult)
 
 
 def _eval_and_track(
@@ -345,7 +348,7 @@ def _eval_and_track(
 
 def _result(
     s: _Run, cfg: RunConfig, c: Counters, status: str, reason: str, mb: int, est: Any,
-    step_times: list[float], result_cls: Any,
+    step_times: list[float], data_seconds: float, result_cls: Any,
 ) -> TrainResult:
     import torch
 
@@ -353,6 +356,7 @@ def _result(
     if step_times:
         tail = sorted(step_times[len(step_times) // 5 :] or step_times)
         measured["step_seconds_median"] = tail[len(tail) // 2]
+        measured["data_seconds_share"] = data_seconds / max(sum(step_times), 1e-9)
     if s.device == "cuda":
         measured["peak_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     else:
