@@ -1,0 +1,300 @@
+"""Run one trial in its own process, watch it, and say how it ended.
+
+The child is `python -m budgetlm.tune.child trial.yaml --run-dir DIR` (= `budgetlm train … --json
+--quiet` that dies with its parent), spawned or forked from a warm server (budgetlm.tune.launch).
+It runs in its own session, so a Ctrl-C at the terminal
+reaches only the tuner, which then ends its children itself. While it runs, the parent tails
+`DIR/metrics.jsonl`: each eval record goes to `report` (the pruner); when `report` answers with
+a reason, the child is stopped (SIGTERM to its process group, SIGKILL after `TERM_WAIT`
+seconds). Hard limits: a time-capped trial is killed `cap x 1.1 + grace` seconds after training
+started (the trainer itself stops at the cap, annealed); any trial is killed if it has not
+started training after `startup` seconds, or writes no metrics line for `stall` seconds. Once
+the trainer has written `result.json` the limits no longer apply (it is done; interpreter exit can
+take a second or two on a loaded machine); it gets `EXIT_WAIT` seconds to exit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from budgetlm.config import RunConfig, dump_config
+from budgetlm.tune.launch import Handle, SpawnLauncher
+from budgetlm.tune.spec import TrialCap
+
+TERM_WAIT = 3.0  # seconds between SIGTERM and SIGKILL
+EXIT_WAIT = 10.0  # seconds a trial that wrote result.json may take to exit
+POLL = 0.2
+
+
+@dataclass
+class Outcome:
+    """How a trial ended. state: complete | pruned | fail. kind: a finer label (completed,
+    early_stopped, pruned, diverged, infeasible, invalid, crashed, failed, oom, hung,
+    interrupted)."""
+
+    state: str
+    kind: str
+    reason: str
+    result: dict[str, Any] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class _Tail:
+    """New complete lines of a growing file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pos = 0
+        self.buf = b""
+
+    def lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self.pos += len(chunk)
+        self.buf += chunk
+        *done, self.buf = self.buf.split(b"\n")
+        return [x.decode("utf-8", "replace") for x in done if x.strip()]
+
+
+def _kill(proc: Handle) -> None:
+    """SIGTERM the child's process group, then SIGKILL; reap it."""
+    for sig, wait in ((signal.SIGTERM, TERM_WAIT), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:  # not yet its own group leader (it calls setsid first thing)
+                os.kill(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _signal_name(rc: int) -> str:
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+def _stderr_tail(path: Path, limit: int = 20000) -> str:
+    try:
+        data = path.read_bytes()[-limit:]
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line:
+            return line[:300]
+    return ""
+
+
+def classify_exit(rc: int, result: dict[str, Any] | None, stderr: str) -> Outcome:
+    """Outcome of a child that exited on its own."""
+    if rc == 0 and result is not None:
+        status = str(result.get("status"))
+        why = str(result.get("stop_reason") or status)
+        if status in ("completed", "early_stopped"):
+            bpb = result.get("val_bpb")
+            if bpb is None or not math.isfinite(float(bpb)):
+                return Outcome("fail", "failed", f"{status} without a finite val_bpb", result)
+            return Outcome("complete", status, why, result)
+        if status == "diverged":
+            return Outcome("pruned", "diverged", f"diverged: {why}", result)
+        if status == "pruned":
+            return Outcome("pruned", "pruned", why, result)
+        return Outcome("fail", "interrupted" if status == "interrupted" else "failed",
+                       f"{status}: {why}", result)
+    oom = "OutOfMemoryError" in stderr or "out of memory" in stderr.lower()
+    if rc < 0:
+        name = _signal_name(rc)
+        if name == "SIGKILL":
+            return Outcome("fail", "oom", "killed by SIGKILL (the OS out-of-memory killer?)")
+        what = {"SIGSEGV": "segmentation fault", "SIGABRT": "abort", "SIGBUS": "bus error"}
+        return Outcome("fail", "crashed", f"crashed: {name} ({what.get(name, 'signal')})")
+    last = _last_line(stderr)
+    if oom:
+        return Outcome("fail", "oom", f"out of memory: {last}")
+    if rc == 130:
+        return Outcome("fail", "interrupted", "interrupted")
+    if rc == 2:
+        return Outcome("fail", "invalid", f"trainer rejected the config: {last}")
+    return Outcome("fail", "failed", f"exit {rc}: {last}" if last else f"exit {rc}")
+
+
+def run_trial_process(
+    cfg: RunConfig,
+    run_dir: Path,
+    cap: TrialCap,
+    *,
+    report: Callable[[dict[str, Any]], str | None] | None = None,
+    stop: threading.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    env: dict[str, str] | None = None,
+    launcher: Any = None,
+) -> Outcome:
+    """Run `cfg` in a child process under `cap`; see the module docstring."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a leftover of an earlier study with the same numbers
+    run_dir.mkdir(parents=True)
+    trial_yaml = dump_config(cfg, run_dir / "trial.yaml")
+    argv = [str(trial_yaml), "--run-dir", str(run_dir)]
+    child_env = dict(os.environ if env is None else env)
+    child_env["BUDGETLM_TUNE_PARENT"] = str(os.getpid())
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    out_path, err_path = run_dir / "stdout.json", run_dir / "stderr.log"
+    tail = _Tail(run_dir / "metrics.jsonl")
+    t0 = time.monotonic()
+    proc = (launcher or SpawnLauncher()).start(argv, child_env, out_path, err_path)
+    if on_start is not None:
+        on_start(proc.pid)
+    started: float | None = None  # monotonic time training began (config.yaml written)
+    finished: float | None = None  # the trainer wrote result.json: only its exit is left
+    last_activity = t0
+    last_eval: dict[str, Any] | None = None
+    last_record: dict[str, Any] | None = None
+    verdict: Outcome | None = None
+    limit = cap.value * 1.1 + cap.grace_seconds if cap.kind == "time" else None
+    try:
+        while proc.poll() is None:
+            if stop is not None and stop.wait(POLL):
+                verdict = Outcome("fail", "interrupted", "interrupted (tuner stopped: Ctrl-C)")
+                break
+            if stop is None:
+                time.sleep(POLL)
+            now = time.monotonic()
+            if heartbeat is not None:
+                heartbeat()
+            if started is None and (run_dir / "config.yaml").exists():
+                started = last_activity = now
+            if finished is None and (run_dir / "result.json").exists():
+                finished = now
+            for line in tail.lines():
+                last_activity = now
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                last_record = rec
+                if rec.get("kind") != "eval" or rec.get("final"):
+                    continue
+                last_eval = rec
+                if on_eval is not None:
+                    on_eval(rec)
+                why = report(rec) if report is not None else None
+                if why is not None:
+                    verdict = Outcome("pruned", "pruned", why, attrs=_pruned_attrs(rec, cap))
+                    break
+            if verdict is not None:
+                break
+            if finished is not None:
+                if now - finished > EXIT_WAIT:
+                    break  # done but slow to exit: stop it, keep its result
+                continue
+            if started is None and now - t0 > cap.startup:
+                verdict = Outcome(
+                    "fail", "hung", f"hung: did not start training within {cap.startup:g} s"
+                )
+                break
+            if started is not None and limit is not None and now - started > limit:
+                verdict = Outcome(
+                    "fail", "hung",
+                    f"hung: still running {now - started:.1f} s after training started "
+                    f"(cap {cap.value:g} s + 10% + grace {cap.grace_seconds:g} s); killed",
+                )
+                break
+            if started is not None and now - last_activity > cap.stall:
+                verdict = Outcome(
+                    "fail", "hung", f"hung: no metrics for {now - last_activity:.0f} s; killed"
+                )
+                break
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+    wall = time.monotonic() - t0
+    for line in tail.lines():
+        try:
+            last_record = json.loads(line)
+            if last_record.get("kind") == "eval":
+                last_eval = last_record
+        except json.JSONDecodeError:
+            pass
+    if verdict is None:
+        result = _read_json(out_path) or _read_json(run_dir / "result.json")
+        rc = proc.returncode
+        if finished is not None and result is not None and rc in (-signal.SIGTERM, -signal.SIGKILL):
+            rc = 0  # it had finished; we only ended a slow exit
+        verdict = classify_exit(rc, result, _stderr_tail(err_path))
+    verdict.attrs.update({
+        "wall_seconds": round(wall, 3),
+        "startup_seconds": round(started - t0, 3) if started is not None else None,
+        "exit_code": proc.returncode,
+        "run_dir": str(run_dir),
+    })
+    res = verdict.result
+    src = res if res is not None else (last_record or {})
+    verdict.attrs["steps"] = src.get("steps", src.get("step"))
+    verdict.attrs["tokens"] = src.get("tokens")
+    verdict.attrs["train_seconds"] = src.get("train_seconds", src.get("elapsed"))
+    if res is not None:
+        verdict.attrs.update({
+            "val_bpb": res.get("val_bpb"), "val_loss": res.get("val_loss"),
+            "flops": res.get("model_flops"), "params_count": res.get("params"),
+            "trainer_status": res.get("status"), "stop_reason": res.get("stop_reason"),
+        })
+    elif last_eval is not None:
+        verdict.attrs.update({"val_bpb": last_eval.get("val_bpb"),
+                              "val_loss": last_eval.get("val_loss"),
+                              "flops": last_eval.get("flops")})
+    return verdict
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text()
+        out = json.loads(text[text.index("{"):]) if "{" in text else None
+    except (OSError, ValueError):
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _pruned_attrs(rec: dict[str, Any], cap: TrialCap) -> dict[str, Any]:
+    """Where on the cap axis the trial was pruned, and the trial-seconds that saved."""
+    elapsed = float(rec.get("elapsed") or 0.0)
+    reached = {
+        "time": elapsed, "tokens": rec.get("tokens"), "flops": rec.get("flops"),
+        "steps": rec.get("step"),
+    }[cap.kind]
+    reached = float(reached or 0.0)
+    if cap.kind == "time":
+        saved = max(0.0, cap.value - elapsed)
+    elif reached > 0:
+        saved = max(0.0, elapsed * (cap.value / reached - 1.0))
+    else:
+        saved = 0.0
+    return {"pruned_at": reached, "pruned_fraction": reached / cap.value,
+            "saved_seconds": round(saved, 3)}
