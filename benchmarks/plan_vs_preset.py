@@ -20,47 +20,18 @@ Prints a table and appends it to benchmarks/RESULTS.md. Takes about 7 minutes on
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
-_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test",
-         "idlelib", "lib2to3", "turtledemo"}
-
-
-def make_corpus(path: Path, n_chars: int = 1_000_000) -> Path:
-    """Docstrings of the standard library (sorted files, ast.walk order), >80 chars each."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not set(p.relative_to(root).parts[:-1]) & _SKIP)
-    docs: list[str] = []
-    total = 0
-    for f in files:
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                doc = ast.get_docstring(node, clean=True)
-                if doc and len(doc) > 80:
-                    docs.append(doc)
-                    total += len(doc) + 2
-        if total > n_chars:
-            break
-    path.write_text("\n\n".join(docs)[:n_chars], encoding="utf-8")
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, make_corpus, reevaluate  # noqa: E402
 
 
 def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
@@ -76,40 +47,8 @@ def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
     return json.loads(out.stdout), wall
 
 
-def reevaluate(run_dir: Path) -> tuple[float, float, int]:
-    """(val loss nats/token, val bits/byte, tokens) of the run's last checkpoint on the whole
-    validation split, in non-overlapping windows of the model's seq_len."""
-    import torch
-
-    from budgetlm.config import load_config
-    from budgetlm.data import bits_per_byte, load_corpus, val_batches
-    from budgetlm.model import build_model
-    from budgetlm.rundir import RunDir, load_checkpoint
-
-    cfg = load_config(str(run_dir / "config.yaml"))
-    corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len)
-    model = build_model(cfg.model)
-    ckpt = RunDir(run_dir).latest_checkpoint()
-    model.load_state_dict(load_checkpoint(ckpt, "benchmark")["model"])
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for x, y in val_batches(corpus.val, 64, cfg.model.seq_len, len(corpus.val)):
-            _, loss = model(x, y)
-            total += float(loss) * y.numel()
-            count += y.numel()
-    loss = total / count
-    return loss, bits_per_byte(loss, corpus.val_bytes_per_token), count
 
 
-def machine() -> str:
-    from budgetlm.hardware import detect_cpu
-
-    cpu, cores, ram = detect_cpu()
-    import torch
-
-    return (f"{cpu}, {cores} cores, {ram / 2**30:.0f} GiB; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,14 +22,11 @@ Prints a table and appends it to benchmarks/RESULTS.md. Takes about 2 x B plus a
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -37,33 +34,8 @@ from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
-_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test",
-         "idlelib", "lib2to3", "turtledemo"}
-
-
-def make_corpus(path: Path, n_chars: int = 1_000_000) -> Path:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not set(p.relative_to(root).parts[:-1]) & _SKIP)
-    docs: list[str] = []
-    total = 0
-    for f in files:
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                doc = ast.get_docstring(node, clean=True)
-                if doc and len(doc) > 80:
-                    docs.append(doc)
-                    total += len(doc) + 2
-        if total > n_chars:
-            break
-    path.write_text("\n\n".join(docs)[:n_chars], encoding="utf-8")
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, make_corpus, reevaluate  # noqa: E402
 
 
 def study(corpus: Path, trial_time: float, tune_time: float, workers: int) -> dict:
@@ -102,38 +74,8 @@ def _cli(*args: str, cwd: Path, env: dict[str, str], json_out: bool = True) -> t
     return (json.loads(out.stdout) if json_out else {}), wall
 
 
-def reevaluate(run_dir: Path) -> tuple[float, float]:
-    """(val loss nats/token, val bits/byte) of the run's last checkpoint on the whole val split."""
-    import torch
-
-    from budgetlm.config import load_config
-    from budgetlm.data import bits_per_byte, load_corpus, val_batches
-    from budgetlm.model import build_model
-    from budgetlm.rundir import RunDir, load_checkpoint
-
-    cfg = load_config(str(run_dir / "config.yaml"))
-    corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len)
-    model = build_model(cfg.model)
-    model.load_state_dict(load_checkpoint(RunDir(run_dir).latest_checkpoint(), "bench")["model"])
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for x, y in val_batches(corpus.val, 64, cfg.model.seq_len, len(corpus.val)):
-            _, loss = model(x, y)
-            total += float(loss) * y.numel()
-            count += y.numel()
-    loss = total / count
-    return loss, bits_per_byte(loss, corpus.val_bytes_per_token)
 
 
-def machine() -> str:
-    from budgetlm.hardware import detect_cpu
-
-    cpu, cores, ram = detect_cpu()
-    import torch
-
-    return (f"{cpu}, {cores} cores, {ram / 2**30:.0f} GiB; torch {torch.__version__}; "
-            f"Python {platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tune + train best", tuned, tune_wall + tuned_wall),
         ("nanogpt-cpu preset", preset, preset_wall),
     ):
-        loss, bpb = reevaluate(work / res["run_dir"])
+        loss, bpb, _ = reevaluate(work / res["run_dir"])
         rows.append({"run": label, "params": res["params"], "steps": res["steps"],
                      "tokens": res["tokens"], "train_s": res["train_seconds"], "wall_s": wall,
                      "val_bpb": res["val_bpb"], "full_bpb": bpb, "full_loss": loss})
