@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from budgetlm.config import OptimConfig, ScheduleConfig
+from budgetlm.muon import Muon
 
 __all__ = [
     "HEAD_NAMES",
@@ -274,7 +275,7 @@ class Lamb(torch.optim.Optimizer):
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon on hidden matrices and torch.optim.AdamW on everything else, as ONE
+    """Muon (budgetlm.muon) on hidden matrices and torch.optim.AdamW on everything else, as ONE
     torch.optim.Optimizer.
 
     The two inner optimizers own disjoint groups; this object's `param_groups` are the very same
@@ -297,7 +298,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         muon_kwargs: dict[str, Any] | None = None,
         adamw_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.muon = torch.optim.Muon(muon_groups, **(muon_kwargs or {})) if muon_groups else None
+        self.muon = Muon(muon_groups, **(muon_kwargs or {})) if muon_groups else None
         self.adamw = (
             torch.optim.AdamW(adamw_groups, **(adamw_kwargs or {})) if adamw_groups else None
         )

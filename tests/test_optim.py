@@ -320,7 +320,7 @@ def test_muon_add_param_group_routes_by_flag() -> None:
     opt.add_param_group({"params": [extra_m], "use_muon": True, "lr": 0.01})
     opt.add_param_group({"params": [extra_v], "lr": 1e-3})
     assert opt.muon.param_groups[-1]["params"] == [extra_m]
-    assert opt.muon.param_groups[-1]["ns_steps"] == 5  # Muon's defaults filled in
+    assert "nesterov" in opt.muon.param_groups[-1]  # Muon's defaults filled in
     assert opt.adamw.param_groups[-1]["params"] == [extra_v]
     assert opt.param_groups[-1]["base_lr"] == 1e-3 and len(opt.param_groups) == 4
     (extra_m.sum() + extra_v.sum()).backward()
@@ -472,3 +472,28 @@ def test_set_lr_scales_every_group_from_base_lr() -> None:
     assert set_lr(opt, 0.25) == pytest.approx(5e-4)
     assert set_lr(opt, 1.0) == pytest.approx(2e-3)  # from base_lr, not compounding
     assert all(g["lr"] == g["base_lr"] == 2e-3 for g in opt.param_groups)
+
+
+def test_muon_matches_torch_muon_in_bf16_and_runs_fp32_on_cpu() -> None:
+    from budgetlm.muon import Muon
+
+    torch.manual_seed(0)
+    w0 = torch.randn(6, 4)
+    grads = [torch.randn(6, 4) for _ in range(3)]
+    a = torch.nn.Parameter(w0.clone())
+    b = torch.nn.Parameter(w0.clone())
+    ours = Muon([a], lr=0.02, momentum=0.9, nesterov=True, ns_dtype=torch.bfloat16)
+    ref = torch.optim.Muon([b], lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.1)
+    for g in grads:
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.equal(a.data, b.data)
+    # fp32 on CPU: the same update up to bf16 rounding, and orthogonal-ish output
+    c = torch.nn.Parameter(w0.clone())
+    fp32 = Muon([c], lr=0.02, momentum=0.9, nesterov=True)
+    for g in grads:
+        c.grad = g.clone()
+        fp32.step()
+    assert torch.allclose(c.data, b.data, atol=5e-3)
+    assert not torch.equal(c.data, b.data)
