@@ -72,3 +72,10 @@ def machine() -> str:
     cpu, cores, ram = detect_cpu()
     return (f"{cpu}, {cores} cores, {ram / 2**30:.0f} GiB; torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
+
+
+def append_results(text: str) -> None:
+    """Append one benchmark's section to benchmarks/RESULTS.md."""
+    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text + "\n")
+    print(f"appended to {RESULTS}")

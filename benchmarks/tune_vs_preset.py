@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, make_corpus, reevaluate  # noqa: E402
+from common import append_results, machine, make_corpus, reevaluate  # noqa: E402
 
 
 def study(corpus: Path, trial_time: float, tune_time: float, workers: int) -> dict:
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if not args.no_append:
-        existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-        RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text + "\n")
-        print(f"appended to {RESULTS}")
+        append_results(text)
     return 0 if math.isfinite(delta) else 1
 
 

@@ -12,7 +12,6 @@ same global batch, so the optimizer sees the same gradient as a single process w
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable
@@ -289,6 +288,3 @@ def sample_text(
         out = model.generate(idx, max_new_tokens, temperature=max(temperature, 1e-5), top_k=top_k)
     return tok.decode(out[0].tolist())
 
-
-def is_finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))

@@ -160,7 +160,7 @@ def run_loop(s: _Run) -> TrainResult:
     from budgetlm.model import build_model
     from budgetlm.optim import build_optimizer, clip_grad_norm, lr_factor, set_lr
     from budgetlm.rundir import load_checkpoint
-    from budgetlm.train import TrainResult, autocast_ctx, is_finite
+    from budgetlm.train import TrainResult, autocast_ctx
 
     cfg, t = s.cfg, s.cfg.train
     torch.manual_seed(cfg.seed)
@@ -283,7 +283,7 @@ def run_loop(s: _Run) -> TrainResult:
 
                     dist.all_reduce(loss_acc, op=dist.ReduceOp.AVG)
                 c.last_loss = float(loss_acc)
-                if not is_finite(c.last_loss):
+                if not math.isfinite(c.last_loss):
                     status, reason = "diverged", f"non-finite loss at step {c.step}"
                     break
             step_times.append(time.perf_counter() - t0)
