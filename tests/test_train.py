@@ -185,3 +185,20 @@ def test_gpt_reaches_the_markov_entropy_floor(tmp_path: Path) -> None:
     assert res.entropy_rate is not None
     assert res.train_seconds < 60
     assert res.val_loss <= res.entropy_rate + 0.05, (res.val_loss, res.entropy_rate)
+
+
+def test_token_and_flop_caps_stop_the_run(tmp_path: Path) -> None:
+    res = train(tiny("train.max_steps=null", "train.max_tokens=2560"), run_dir=tmp_path / "t")
+    assert res.stop_reason == "max_tokens" and res.tokens == 2560  # 10 steps of 8 x 32
+    per_step = res.model_flops / res.steps
+    cfg = tiny("train.max_steps=null", f"train.max_flops={per_step * 7}")
+    res = train(cfg, run_dir=tmp_path / "f")
+    assert res.stop_reason == "max_flops" and res.steps == 7
+
+
+def test_auto_micro_batch_is_measured_and_recorded(tmp_path: Path) -> None:
+    res = train(tiny("train.micro_batch=auto", "train.max_steps=3"), run_dir=tmp_path / "r")
+    assert res.status == "completed"
+    assert res.micro_batch in {1, 2, 4, 8, 16, 32, 64}
+    saved = load_config(str(tmp_path / "r" / "config.yaml"))
+    assert saved.train.micro_batch == res.micro_batch
