@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,19 +114,16 @@ def test_val_source_overrides_the_split(tmp_path):
 
 
 def test_builtin_pystdlib_is_deterministic_and_cached(tmp_path):
-    t0 = time.perf_counter()
     a = load_corpus(DataConfig(source="builtin:pystdlib", cache_dir=str(tmp_path / "c1")))
-    t_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
     b = load_corpus(DataConfig(source="builtin:pystdlib", cache_dir=str(tmp_path / "c1")))
-    t_cached = time.perf_counter() - t0
     c = load_corpus(DataConfig(source="builtin:pystdlib", cache_dir=str(tmp_path / "c2")))
     assert not a.info["cached"] and b.info["cached"] and not c.info["cached"]
     assert a.info["sha256"] == b.info["sha256"] == c.info["sha256"]
     assert a.info["n_bytes"] > 1_000_000 and a.info["n_docs"] > 100
     assert a.tokenizer.name == "byte" and len(a.train) == a.train_bytes
     assert np.array_equal(a.val, c.val)
-    assert t_cached < t_first / 2, (t_first, t_cached)
+    # the second load is served from the memmap cache (timings belong in benchmarks/)
+    assert Path(b.info["cache_path"]).exists() and isinstance(b.train, np.memmap)
 
 
 def test_builtin_pystdlib_respects_max_bytes():
