@@ -5,7 +5,14 @@ AdamW, no dropout), so the ratio is measured side by side. Achieved FLOP/s uses 
 model FLOPs per token (forward + backward) and is reported as a share of this machine's measured
 fp32 matmul throughput (`budgetlm profile`).
 
-    python benchmarks/throughput.py [--rounds 5] [--no-append]
+The table also gives a ceiling: the same step's dense matmuls alone (every linear layer's forward
+GEMM and its two backward GEMMs, at the step's shapes, on random tensors), timed in the same run.
+No step can beat the share of peak its own GEMMs reach, since everything else in a step (attention,
+norms, activations, the loss, the optimizer) only adds time. `--compile` adds a row for
+budgetlm's model under `torch.compile` (inductor generates fused C++ kernels for the
+elementwise work on CPU).
+
+    python benchmarks/throughput.py [--rounds 5] [--compile] [--no-append]
 """
 
 from __future__ import annotations
@@ -73,6 +80,26 @@ def step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, is_hf: bool, x, 
     return step
 
 
+def gemm_ceiling(s: dict, rounds: int) -> float:
+    """FLOP/s of the step's linear-layer GEMMs alone (forward, grad-input, grad-weight)."""
+    m, d, v = s["b"] * s["seq_len"], s["d_model"], s["vocab"]
+    shapes = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * s["n_layer"] + [(d, v)]
+    g = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(m, i, generator=g), torch.randn(o, i, generator=g),
+             torch.randn(m, o, generator=g)) for i, o in shapes]
+    flops = sum(3 * 2 * m * i * o for i, o in shapes)
+
+    def run() -> None:
+        for a, w, gy in mats:
+            a @ w.t()
+            gy @ w
+            gy.t() @ a
+
+    run()
+    n = max(2, int(2.0 / max(time_steps(run, 1), 1e-3)))
+    return flops / statistics.median(time_steps(run, n) for _ in range(rounds))
+
+
 def time_steps(step, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -85,6 +112,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--compile", action="store_true", help="also time budgetlm's model compiled")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,23 +141,38 @@ def main() -> None:
             t_hf.append(time_steps(s2, n))
         tok_ours = b * t / statistics.median(t_ours)
         tok_hf = b * t / statistics.median(t_hf)
+        tok_comp = None
+        if args.compile:
+            mc, oc, _ = ours(s)
+            sc = step_fn(torch.compile(mc), oc, False, x, y)
+            for _ in range(3):
+                sc()
+            tok_comp = b * t / statistics.median(time_steps(sc, n) for _ in range(args.rounds))
+        ceiling = gemm_ceiling(s, args.rounds)
         rows.append({
             "shape": name, "params": f"{n_ours:,} / {n_hf:,}",
             "budgetlm tok/s": tok_ours, "HF tok/s": tok_hf, "ratio": tok_ours / tok_hf,
             "budgetlm FLOP/s": tok_ours * per_tok, "HF FLOP/s": tok_hf * per_tok,
             "budgetlm % peak": 100 * tok_ours * per_tok / peak if peak else float("nan"),
             "HF % peak": 100 * tok_hf * per_tok / peak if peak else float("nan"),
+            "compiled % peak": (100 * tok_comp * per_tok / peak) if tok_comp and peak else None,
+            "compiled tok/s": tok_comp,
+            "ceiling % peak": 100 * ceiling / peak if peak else float("nan"),
         })
     header = (
         "| shape | params (ours / HF) | budgetlm tok/s | HF tok/s | ratio | budgetlm GFLOP/s "
-        "| HF GFLOP/s | budgetlm % fp32 peak | HF % fp32 peak |\n" + "|---" * 9 + "|"
+        "| HF GFLOP/s | budgetlm % fp32 peak | HF % fp32 peak | budgetlm compiled tok/s (% peak) "
+        "| GEMMs alone % fp32 peak |\n" + "|---" * 11 + "|"
     )
     lines = [header]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['params']} | {r['budgetlm tok/s']:,.0f} | {r['HF tok/s']:,.0f} "
             f"| {r['ratio']:.2f}x | {r['budgetlm FLOP/s'] / 1e9:.1f} | {r['HF FLOP/s'] / 1e9:.1f} "
-            f"| {r['budgetlm % peak']:.0f}% | {r['HF % peak']:.0f}% |"
+            f"| {r['budgetlm % peak']:.0f}% | {r['HF % peak']:.0f}% | "
+            + (f"{r['compiled tok/s']:,.0f} ({r['compiled % peak']:.0f}%)"
+               if r["compiled tok/s"] else "-")
+            + f" | {r['ceiling % peak']:.0f}% |"
         )
     table = "\n".join(lines)
     print(table)
@@ -141,11 +184,13 @@ def main() -> None:
     print(machine)
     if not args.no_append:
         out = Path(__file__).with_name("RESULTS.md")
+        flag = " --compile" if args.compile else ""
         with out.open("a") as f:
             f.write(
                 f"\n## Throughput: budgetlm vs HF GPT2LMHeadModel ({date.today()})\n\n"
                 f"Machine: {machine}; Python {platform.python_version()}. "
-                f"Command: `python benchmarks/throughput.py`. fp32, SDPA, AdamW, no dropout; "
+                f"Command: `python benchmarks/throughput.py{flag}`. "
+                "fp32, SDPA, AdamW, no dropout; "
                 f"median of {args.rounds} alternating rounds.\n\n{table}\n"
             )
         print(f"appended to {out}", file=sys.stderr)

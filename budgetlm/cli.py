@@ -352,6 +352,10 @@ def plan(
     prior: Annotated[
         str, typer.Option("--prior", help="loss prior: epoch (default), chinchilla or kaplan")
     ] = "epoch",
+    fit_file: Annotated[
+        Path | None,
+        typer.Option("--fit", help="plan from this corpus's fitted law (fit.json of calibrate)"),
+    ] = None,
     seq_len: Annotated[
         list[int] | None, typer.Option("--seq-len", help="sequence lengths to try (repeatable)")
     ] = None,
@@ -376,26 +380,12 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front."""
-    from budgetlm.planner import Budget, parse_duration
     from budgetlm.planner import plan as run_plan
     from budgetlm.scaling import parse_number
 
-    def num(text: str | None, flag: str) -> float | None:
-        return None if text is None else parse_number(text, flag)
-
-    n_gpus = num(gpus, "--gpus")
-    if n_gpus is None or n_gpus != int(n_gpus):
-        raise UserError(f"--gpus: expected a whole number, got {gpus!r}")
-    budget = Budget(
-        gpu_hours=num(gpu_hours, "--gpu-hours"),
-        flops=num(flops, "--flops"),
-        seconds=parse_duration(time_budget) if time_budget is not None else None,
-        cost=num(cost, "--cost"),
-        price=num(price, "--price"),
-        gpu=gpu,
-        gpus=int(n_gpus),
-    )
-    n_tokens = num(tokens, "--tokens")
+    budget = _budget(gpu_hours, flops, time_budget, cost, price, gpu, gpus)
+    fit = _load_fit(fit_file) if fit_file is not None else None
+    n_tokens = None if tokens is None else parse_number(tokens, "--tokens")
     if n_tokens is not None and n_tokens <= 0:
         raise UserError(f"--tokens: must be positive, got {tokens}")
     data_cfg = _plan_data(data, tokenizer)
@@ -410,6 +400,7 @@ def plan(
             data=data_cfg,
             tokens=int(n_tokens) if n_tokens is not None else None,
             prior=prior,
+            fit=fit,
             seq_lens=seq_len or None,
             precisions=precision or None,
             schedule=schedule_name,
@@ -432,6 +423,34 @@ def plan(
             f"{written[1]} ({len(result.candidates)} candidates)",
             highlight=False, soft_wrap=True,
         )
+
+
+def _budget(gpu_hours: str | None, flops: str | None, time_budget: str | None,
+            cost: str | None, price: str | None, gpu: str | None, gpus: str) -> Any:
+    from budgetlm.planner import Budget, parse_duration
+    from budgetlm.scaling import parse_number
+
+    def num(text: str | None, flag: str) -> float | None:
+        return None if text is None else parse_number(text, flag)
+
+    n_gpus = num(gpus, "--gpus")
+    if n_gpus is None or n_gpus != int(n_gpus):
+        raise UserError(f"--gpus: expected a whole number, got {gpus!r}")
+    return Budget(
+        gpu_hours=num(gpu_hours, "--gpu-hours"),
+        flops=num(flops, "--flops"),
+        seconds=parse_duration(time_budget) if time_budget is not None else None,
+        cost=num(cost, "--cost"),
+        price=num(price, "--price"),
+        gpu=gpu,
+        gpus=int(n_gpus),
+    )
+
+
+def _load_fit(path: Path) -> dict[str, Any]:
+    from budgetlm.fitreport import load_fit
+
+    return load_fit(path)
 
 
 def _plan_data(source: str | None, tokenizer: str | None) -> Any:
@@ -464,6 +483,9 @@ def _print_plan(p: Any, top: int) -> None:
               f"{kind}: predicted loss, nats/token)",
         box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True,
     )
+    if kind == "fit" and p.candidates and p.candidates[0].loss_lo is not None:
+        lvl = float(p.law.extra.get("interval_level", 0.9))
+        kind = f"fit ({lvl:.0%} interval)"
     heads = ("L×d", "N", "D", "ep", "T", "mb×acc", "prec", "lr", "time", "mem", kind)
     for col in heads:
         t.add_column(col, justify="left" if col in ("L×d", "prec") else "right", no_wrap=True)
@@ -483,7 +505,7 @@ def _print_plan(p: Any, top: int) -> None:
     opt = p.optimum
     cf = opt["closed_form"]
     console.print(
-        f"compute-optimal for {opt['flops']:.3g} FLOPs ({p.law.name} {kind}, "
+        f"compute-optimal for {opt['flops']:.3g} FLOPs ({p.law.name} {p.law.kind}, "
         f"{cf['method']}): N={human_count(cf['params'])}, D={human_count(cf['tokens'])}; "
         f"top candidate: N={human_count(opt['top_candidate']['params'])}, "
         f"D={human_count(opt['top_candidate']['tokens'])}"
@@ -535,8 +557,93 @@ def _plan_row(c: Any) -> list[str]:
         f"{mant}e{int(exp)}",
         when,
         _short_bytes(c.memory_bytes) if c.memory_bytes is not None else "-",
-        f"{c.loss:.3f}" + ("*" if c.extrapolated else ""),
+        f"{c.loss:.3f}" + ("*" if c.extrapolated else "")
+        + (f" ({c.loss_lo:.3f}–{c.loss_hi:.3f})" if c.loss_lo is not None else ""),
     ]
+
+
+@app.command()
+@guarded
+def calibrate(
+    data: Annotated[str, typer.Option("--data", help="corpus the pilots train on")],
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="byte|char|bpe")] = None,
+    time_budget: Annotated[
+        str | None, typer.Option("--time", help="whole budget: wall time on this machine")
+    ] = None,
+    gpu_hours: Annotated[
+        str | None, typer.Option("--gpu-hours", metavar="H", help="whole budget: this GPU's hours")
+    ] = None,
+    flops: Annotated[
+        str | None, typer.Option("--flops", metavar="C", help="whole budget: training FLOPs")
+    ] = None,
+    fraction: Annotated[
+        float, typer.Option("--pilot-fraction", help="share of the budget the pilots may use")
+    ] = 0.2,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="fit file (pilots kept in <stem>.pilots/)")
+    ] = Path("fit.json"),
+    levels: Annotated[int, typer.Option("--levels", help="compute levels (IsoFLOP profiles)")] = 3,
+    sizes: Annotated[int, typer.Option("--sizes", help="model sizes per level")] = 3,
+    level_ratio: Annotated[
+        float, typer.Option("--level-ratio", help="compute ratio of consecutive levels")
+    ] = 3.0,
+    size_spread: Annotated[
+        float, typer.Option("--size-spread", help="parameter ratio of consecutive sizes")
+    ] = 3.0,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", min=8, help="pilots' sequence length (default: "
+                                 "the prior plan's)")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="bootstrap refits")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="seed of pilots and bootstrap")] = 0,
+    no_plan: Annotated[
+        bool, typer.Option("--no-plan", help="fit only; do not plan the rest of the budget")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit this corpus's scaling law from pilot runs on IsoFLOP profiles; plan the rest from it."""
+    from budgetlm.calibrate import CalibrationInterrupted
+    from budgetlm.calibrate import calibrate as run_calibrate
+    from budgetlm.fitreport import render_fit
+
+    budget = _budget(gpu_hours, flops, time_budget, None, None, None, "1")
+    data_cfg = _plan_data(data, tokenizer)
+    out = err_console if json_out else console
+
+    def log(msg: str) -> None:
+        if not quiet:
+            out.print(f"[dim]{msg}[/]", highlight=False, soft_wrap=True)
+
+    try:
+        res = run_calibrate(
+            budget, data_cfg, output, fraction=fraction, levels=levels, sizes=sizes,
+            level_ratio=level_ratio, size_spread=size_spread, seq_len=seq_len,
+            bootstrap=bootstrap, seed=seed, write_plan=not no_plan, log=log,
+        )
+    except CalibrationInterrupted as exc:
+        err_console.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_out:
+        _print_json({**res.fit, "fit_path": str(res.fit_path),
+                     "plan_path": str(res.plan_path) if res.plan_path else None,
+                     "reused": res.reused, "ran": res.ran})
+        return
+    render_fit(console, res.fit)
+    if res.plan is not None:
+        _print_plan(res.plan, 5)
+    total = res.fit.get("budget", {})
+    share = ""
+    if total.get("seconds"):
+        share = f" ({res.pilot_seconds / float(total['seconds']):.0%} of the budget)"
+    console.print(
+        f"pilots: {res.ran} run, {res.reused} reused; {res.pilot_seconds:.0f} s{share}. "
+        f"wrote {res.fit_path}" + (f" and {res.plan_path}; run it: budgetlm train "
+                                   f"{res.plan_path}" if res.plan_path else ""),
+        highlight=False, soft_wrap=True,
+    )
+    for note in res.notes:
+        console.print(f"[dim]· {note}[/]", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,12 +694,24 @@ def tune(
 @app.command()
 @guarded
 def report(
-    study_file: StudyArg,
+    study_file: Annotated[
+        Path, typer.Argument(help="study file (YAML), or a fit.json written by calibrate")
+    ],
     storage: StorageOpt = None,
     overrides: StudySetOpt = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="fit.json only: where to draw (default .png)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Summarize a study: best trial, Pareto front, pruning savings; rewrite its outputs."""
+    """Summarize a study (best trial, Pareto front, pruning) or a fit (IsoFLOP curves, PNG)."""
+    if study_file.suffix == ".json":
+        from budgetlm.fitreport import report_fit
+
+        got = report_fit(study_file, png=png, console=None if json_out else console)
+        if json_out:
+            _print_json(got)
+        return
     from budgetlm.tune import load_study, report_study
     from budgetlm.tune.report import render_summary
 

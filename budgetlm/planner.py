@@ -506,6 +506,8 @@ class Candidate:
     mfu: float | None = None
     loss: float = math.inf
     loss_law: float = math.inf
+    loss_lo: float | None = None  # interval of a fitted law (its level), context heuristic incl.
+    loss_hi: float | None = None
     context_adjustment: float = 0.0
     extrapolated: bool = False
     eval_tokens: int = 65536
@@ -552,6 +554,8 @@ class Candidate:
             "time_source": self.time_source,
             "memory_bytes": self.memory_bytes,
             "loss": self.loss,
+            "loss_lo": self.loss_lo,
+            "loss_hi": self.loss_hi,
             "loss_law": self.loss_law,
             "context_adjustment": self.context_adjustment,
             "extrapolated": self.extrapolated,
@@ -680,7 +684,8 @@ def _finish(c: Candidate, ctx: _Ctx) -> Candidate:
         tokens = c.tokens_per_s * tgt.wall_seconds
         if tgt.kind == "time":
             # evaluation (forward only, ~1/3 of a training token) is inside the wall-clock cap
-            c.eval_tokens = _eval_tokens(tokens, T, ctx.val_tokens)
+            c.eval_tokens = int(ctx.law.extra.get("eval_tokens") or 0) or _eval_tokens(
+                tokens, T, ctx.val_tokens)  # a fit's predictions are on its pilots' windows
             eval_overhead = (TIME_EVALS - 1) * c.eval_tokens / 3 / c.tokens_per_s
             tokens = c.tokens_per_s * max(0.0, tgt.wall_seconds - eval_overhead)
     c.tokens = int(tokens)
@@ -721,6 +726,9 @@ def _finish(c: Candidate, ctx: _Ctx) -> Candidate:
     if ctx.ref_seq:
         c.context_adjustment = scaling.context_excess(T) - scaling.context_excess(ctx.ref_seq)
     c.loss = c.loss_law + c.context_adjustment
+    if law.has_interval:
+        _, lo, hi = law.interval(n, c.tokens, ctx.unique)
+        c.loss_lo, c.loss_hi = lo + c.context_adjustment, hi + c.context_adjustment
     c.extrapolated = not law.in_range(n, c.tokens)
     return c
 
@@ -968,10 +976,12 @@ class Plan:
 
     def predicted(self, index: int = 0) -> dict[str, Any]:
         c = self.candidates[index]
+        fitted = self.law.kind == "fit"
         out: dict[str, Any] = {
             "loss": c.loss,
             "loss_kind": self.law.kind,
-            "loss_unit": f"nats/token ({self.law.name} {self.law.kind}; its own data and "
+            "loss_unit": "nats/token (this corpus and tokenizer; fitted law)" if fitted else
+                         f"nats/token ({self.law.name} {self.law.kind}; its own data and "
                          "tokenizer)",
             "law": self.law.name,
             "loss_law": c.loss_law,
@@ -989,6 +999,16 @@ class Plan:
             "memory_bytes": c.memory_bytes,
             "budget_source": self.target.source,
         }
+        if c.loss_lo is not None:
+            out["loss_lo"], out["loss_hi"] = c.loss_lo, c.loss_hi
+            out["interval_level"] = float(self.law.extra.get("interval_level", 0.9))
+        bpn = self.law.extra.get("bpb_per_nat") if fitted else None
+        if bpn:
+            out["bpb_per_nat"] = bpn
+            for k in ("", "_lo", "_hi"):
+                v = out.get(f"loss{k}")
+                if v is not None:
+                    out[f"bpb{k}"] = v * bpn
         return out
 
     def to_dict(self, limit: int | None = None) -> dict[str, Any]:
@@ -1109,6 +1129,12 @@ def plan(
         if p not in PRECISIONS:
             raise UserError(f"--precision: unknown precision {p!r}; one of {', '.join(PRECISIONS)}")
     law = scaling.law_from_fit(fit) if fit is not None else scaling.prior(prior)
+    if law.kind == "fit":
+        # a fitted law is a statement about the pilots' sequence length and precision
+        if seq_lens is None and law.extra.get("seq_len"):
+            seq_lens = [int(law.extra["seq_len"])]
+        if precisions is None and law.extra.get("precision"):
+            precisions = [str(law.extra["precision"])]
     explicit_profile = profile is not None
     tgt = resolve_target(budget, profile)
     data_cfg, data_given, unique, vocab, val_tokens, data_desc = _data_info(data, tokens, tgt)
@@ -1176,12 +1202,15 @@ def plan(
         optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
                                        "epochs": scaling.epochs(d_dc, unique)}
     notes.append(data_desc)
-    notes.append(
-        f"loss: {law.kind} ({law.source}); nats/token on that law's data and tokenizer, not "
-        "this corpus's: compare candidates with it, do not read it as this corpus's loss"
-        + ("" if ctx.ref_seq is None else
-           f"; includes a context-length heuristic relative to T={ctx.ref_seq}")
-    )
+    if law.kind == "fit":
+        notes.append(_fit_note(law, data_cfg, data_given))
+    else:
+        notes.append(
+            f"loss: {law.kind} ({law.source}); nats/token on that law's data and tokenizer, not "
+            "this corpus's: compare candidates with it, do not read it as this corpus's loss"
+            + ("" if ctx.ref_seq is None else
+               f"; includes a context-length heuristic relative to T={ctx.ref_seq}")
+        )
     if not tgt.memory_strict and top.memory_bytes and tgt.memory_limit \
             and top.memory_bytes > tgt.memory_limit:
         notes.append(
@@ -1238,6 +1267,19 @@ def plan(
         optimizer=optimizer, schedule=schedule, family=family, seed=seed,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _fit_note(law: scaling.LossLaw, data: DataConfig, data_given: bool) -> str:
+    """What a fitted law's predictions mean, and whether they apply to this plan's data."""
+    level = float(law.extra.get("interval_level", 0.9))
+    out = (f"loss: fit ({law.source}); nats/token on that corpus and tokenizer, with a "
+           f"{level:.0%} interval (bootstrap refits + run-to-run scatter)")
+    fdata = law.extra.get("data") or {}
+    if fdata and (not data_given or fdata.get("source") != data.source
+                  or fdata.get("tokenizer") != data.tokenizer):
+        out += (f"; the fit is for {fdata.get('source')} ({fdata.get('tokenizer')}): pass the "
+                "same --data and --tokenizer for its predictions to apply")
+    return out
 
 
 def _copy(c: Candidate) -> Candidate:
@@ -1298,23 +1340,13 @@ def _apply(setups: list[Candidate], measured: dict[str, float],
             r = measured[s.name] / s.estimated_tokens_per_s
             s.time_source = "calibrated"
         elif points:
-            r = math.exp(_interp(math.log(s.flops_per_token), points))
+            r = math.exp(scaling.interpolate(math.log(s.flops_per_token), points))
             s.time_source = f"estimate x {r:.2f} (calibration)"
         else:
             continue
         s.tokens_per_s = s.estimated_tokens_per_s * r
         if s.estimated_mfu is not None:
             s.mfu = s.estimated_mfu * r
-
-
-def _interp(x: float, pts: list[tuple[float, float]]) -> float:
-    """Piecewise-linear through `pts` (sorted by x), flat beyond the ends."""
-    if x <= pts[0][0]:
-        return pts[0][1]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
-        if x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return pts[-1][1]
 
 
 def _busy(tgt: Target) -> str | None:

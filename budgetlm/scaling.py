@@ -172,6 +172,31 @@ class LossLaw:
             n_eff = effective_params(n, excess_params_base(self, unique))
         return self.loss(n_eff, d_eff)
 
+    # -- uncertainty of a fitted law ----------------------------------------------------------
+    @functools.cached_property
+    def _bootstrap_laws(self) -> tuple[LossLaw, ...]:
+        sets = self.extra.get("bootstrap") or []
+        return tuple(
+            LossLaw(name=self.name, form="chinchilla", E=e, A=a, B=b, alpha=al, beta=be,
+                    params=self.params, kind=self.kind)
+            for e, a, b, al, be in sets
+        )
+
+    @property
+    def has_interval(self) -> bool:
+        return bool(self.extra.get("bootstrap")) or bool(self.extra.get("residual_std"))
+
+    def interval(
+        self, n: float, d: float, unique: float | None = None, level: float | None = None
+    ) -> tuple[float, float, float]:
+        """(point, lo, hi) of L(N', D'): the bootstrap refits' spread (parameter uncertainty,
+        `extra["bootstrap"]`) and the scatter of single runs about the law (`residual_std`, log
+        space) combined in quadrature on each side; `level` defaults to the fit's own."""
+        point = self.loss_repeated(n, d, unique)
+        lvl = float(level if level is not None else self.extra.get("interval_level", 0.9))
+        preds = [b.loss_repeated(n, d, unique) for b in self._bootstrap_laws]
+        return interval_about(point, preds, float(self.extra.get("residual_std") or 0.0), lvl)
+
     def in_range(self, n: float, d: float) -> bool:
         if self.fit_range is None:
             return True
@@ -220,11 +245,15 @@ def prior(name: str) -> LossLaw:
 
 
 def law_from_fit(fit: dict[str, Any]) -> LossLaw:
-    """A Chinchilla-form law fitted on this corpus: {E, A, B, alpha, beta[, name, source, ...]}.
+    """A Chinchilla-form law fitted on this corpus: {E, A, B, alpha, beta[, name, source, ...]},
+    or a whole fit.json written by `budgetlm calibrate` (kind "budgetlm-fit").
 
     The hook through which a fitted law (from pilot runs) replaces the prior in `plan(fit=...)`.
-    Extra keys (e.g. uncertainty, n_runs) are kept in `extra`.
+    Extra keys (bootstrap, residual_std, interval_level, seq_len, precision, bpb_per_nat, ...)
+    are kept in `extra`.
     """
+    if fit.get("kind") == "budgetlm-fit":
+        fit = flatten_fit_file(fit)
     need = ("E", "A", "B", "alpha", "beta")
     missing = [k for k in need if k not in fit]
     if missing:
@@ -243,6 +272,55 @@ def law_from_fit(fit: dict[str, Any]) -> LossLaw:
         fit_range=tuple(fr) if fr else None,  # type: ignore[arg-type]
         extra=extra, **values,
     )
+
+
+def flatten_fit_file(fit: dict[str, Any]) -> dict[str, Any]:
+    """The law of a fit.json with what predictions need next to it (see `law_from_fit`)."""
+    law = fit.get("law")
+    if not isinstance(law, dict):
+        raise UserError("fit: no 'law' object (is this a fit.json written by budgetlm calibrate?)")
+    n_ok = sum(1 for p in fit.get("pilots", []) if p.get("state") == "complete")
+    data = fit.get("data") or {}
+    out: dict[str, Any] = {k: law[k] for k in ("E", "A", "B", "alpha", "beta") if k in law}
+    out["name"] = "corpus"
+    out["source"] = (f"fitted on {n_ok} pilot runs of {data.get('source', 'this corpus')} "
+                     f"({data.get('tokenizer', '?')} tokens) by budgetlm calibrate")
+    for k in ("bootstrap", "residual_std", "interval_level", "seq_len", "precision",
+              "bpb_per_nat", "unique_tokens", "fit_range", "data", "optimizer", "eval_tokens"):
+        if fit.get(k) is not None:
+            out[k] = fit[k]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """The q-quantile of xs, linear between order statistics (numpy's default)."""
+    v = sorted(xs)
+    if not v:
+        raise ValueError("quantile of nothing")
+    pos = min(max(q, 0.0), 1.0) * (len(v) - 1)
+    i = int(pos)
+    j = min(i + 1, len(v) - 1)
+    return v[i] + (v[j] - v[i]) * (pos - i)
+
+
+def interval_about(
+    point: float, preds: list[float], residual_std: float, level: float
+) -> tuple[float, float, float]:
+    """(point, lo, hi): each side combines the bootstrap predictions' percentile distance from
+    the point with the single-run scatter (a log-space std at the normal quantile of `level`)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    tail = (1 - level) / 2
+    down = max(0.0, point - quantile(preds, tail)) if preds else 0.0
+    up = max(0.0, quantile(preds, 1 - tail) - point) if preds else 0.0
+    noise_down = point * (1 - math.exp(-z * residual_std))
+    noise_up = point * (math.exp(z * residual_std) - 1)
+    return point, point - math.hypot(down, noise_down), point + math.hypot(up, noise_up)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +446,16 @@ def minimize_log(f: Any, lo: float, hi: float, iters: int = 200, grid: int = 240
         if b - a < 1e-9:
             break
     return math.exp((a + b) / 2)
+
+
+def interpolate(x: float, pts: list[tuple[float, float]]) -> float:
+    """Piecewise-linear through `pts` (sorted by x), flat beyond the ends."""
+    if x <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]
 
 
 def parse_number(text: str, what: str) -> float:

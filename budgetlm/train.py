@@ -50,6 +50,8 @@ class TrainResult:
     entropy_rate: float | None = None
     predicted: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    # a run planned from a fitted law: predicted loss (with its interval) against the actual one
+    prediction: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

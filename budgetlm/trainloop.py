@@ -346,6 +346,14 @@ def _eval_and_track(
     return t.patience is not None and c.bad_evals >= t.patience and not final
 
 
+def _prediction(cfg: RunConfig, val_loss: float | None,
+                val_bpb: float | None) -> dict[str, Any] | None:
+    from budgetlm.calibrate import check_prediction
+
+    plan = cfg.meta.get("predicted")
+    return check_prediction(plan, val_loss, val_bpb) if isinstance(plan, dict) else None
+
+
 def _result(
     s: _Run, cfg: RunConfig, c: Counters, status: str, reason: str, mb: int, est: Any,
     step_times: list[float], data_seconds: float, result_cls: Any,
@@ -398,6 +406,7 @@ def _result(
         entropy_rate=s.corpus.entropy_rate,
         predicted=predicted,
         measured=measured,
+        prediction=_prediction(cfg, c.last_val, c.last_bpb),
     )
     if s.dist.main:
         s.run.write_result(result.to_dict())
