@@ -263,13 +263,16 @@ def eval_tokens(seq_len: int, val_tokens: int) -> int:
 
 
 def _pilots_at(designer: _Designer, levels: list[float], sizes: int, spread: float,
-               shapes: list[list[Any]] | None = None) -> tuple[list[Pilot], list[list[Any]]]:
-    """Pilots at each level (shapes chosen now unless given); a shape too big for its level's
-    compute (fewer than the planner's minimum steps) gives way to the next smaller rung."""
+               shapes: list[list[Any]] | None = None,
+               first: int = 0) -> tuple[list[Pilot], list[list[Any]]]:
+    """Pilots at each level, numbered from `first` (shapes chosen now unless given); a shape too
+    big for its level's compute (fewer than the planner's minimum steps) gives way to the next
+    smaller rung."""
     pilots: list[Pilot] = []
     chosen: list[list[Any]] = []
-    for k, flops in enumerate(levels):
-        want = shapes[k] if shapes is not None else designer.shapes(flops, sizes, spread)
+    for i, flops in enumerate(levels):
+        k = first + i
+        want = shapes[i] if shapes is not None else designer.shapes(flops, sizes, spread)
         got: list[Any] = []
         for s in want:
             c = designer.candidate(s, flops)
@@ -299,32 +302,42 @@ def _pilots_at(designer: _Designer, levels: list[float], sizes: int, spread: flo
     return pilots, chosen
 
 
+def _predicted_seconds(p: Pilot) -> float | None:
+    """Training + the final eval (a forward pass: ~1/3 of a training token) + a fixed overhead."""
+    if not p.tokens_per_s:
+        return None
+    ev = float(p.config["train"]["eval_tokens"])
+    return (p.tokens + ev / 3) / p.tokens_per_s + PILOT_OVERHEAD_S
+
+
+def _batch_tag(p: Pilot) -> str:
+    t = p.config["train"]
+    return f"{p.name}|{t['micro_batch']}|{t['grad_accum']}"
+
+
 def _time_pilots(designer: _Designer, pilots: list[Pilot], cache: dict[str, float]) -> None:
-    """Measured tokens/s of each pilot's (shape, micro-batch, accumulation) on this machine and
-    its predicted wall seconds (training + final eval + a fixed overhead)."""
+    """Measured tokens/s of each pilot's (shape, micro-batch, accumulation) on this machine, each
+    timed once (`cache`), and its predicted wall seconds (`_predicted_seconds`)."""
     from budgetlm import planner as pl
 
-    todo = []
+    todo: dict[str, Any] = {}
     for p in pilots:
-        cfg = validate(p.config)
-        tag = f"{p.name}|{cfg.train.micro_batch}|{cfg.train.grad_accum}"
-        if tag not in cache:
-            c = designer.candidate(pl.Shape(p.n_layer, p.d_model, p.n_head), p.level_flops)
-            if c is not None:
-                c.micro_batch, c.grad_accum = int(cfg.train.micro_batch), cfg.train.grad_accum
-                todo.append((tag, c))
-    if todo:
-        ctx = designer.ctx(1.0)
-        for tag, c in todo:
-            got = pl.measure_throughput([c], ctx, steps=3)
-            if got:
-                cache[tag] = next(iter(got.values()))
+        tag = _batch_tag(p)
+        if tag in cache or tag in todo:
+            continue
+        c = designer.candidate(pl.Shape(p.n_layer, p.d_model, p.n_head), p.level_flops)
+        if c is not None:
+            t = p.config["train"]
+            c.micro_batch, c.grad_accum = int(t["micro_batch"]), int(t["grad_accum"])
+            todo[tag] = c
+    ctx = designer.ctx(1.0)
+    for tag, c in todo.items():
+        got = pl.measure_throughput([c], ctx, steps=3)
+        if got:
+            cache[tag] = next(iter(got.values()))
     for p in pilots:
-        cfg = validate(p.config)
-        rate = cache.get(f"{p.name}|{cfg.train.micro_batch}|{cfg.train.grad_accum}")
-        p.tokens_per_s = rate
-        if rate:
-            p.predicted_seconds = (p.tokens + cfg.train.eval_tokens / 3) / rate + PILOT_OVERHEAD_S
+        p.tokens_per_s = cache.get(_batch_tag(p))
+        p.predicted_seconds = _predicted_seconds(p)
 
 
 def design(
@@ -405,20 +418,14 @@ def _rescale_rest(designer: _Designer, d: Design, level: int, spent: float,
                for p in left if p.level == k] for k in range(level, len(d.levels))]
     new_levels = [c * f for c in d.levels[level:]]
     try:
-        new, _ = _pilots_at(designer, new_levels, len(shapes[0]), 1.0, shapes)
+        new, _ = _pilots_at(designer, new_levels, len(shapes[0]), 1.0, shapes, first=level)
     except UserError:
         return (f"the pilots from level {level + 1} on will overrun the pilot budget: they "
                 "cannot be made smaller and still train")
     for p in new:
-        p.level += level
-        p.key = _pilot_key(p.level, p.name, p.level_flops, designer.seq_len)
-        p.config["name"] = f"pilot-c{p.level}-{p.name}"
-        p.config["meta"]["calibrate"]["level"] = p.level
-        old = next(q for q in left if q.name == p.name and q.level == p.level)
-        p.tokens_per_s = old.tokens_per_s
-        if p.tokens_per_s:
-            ev = float(p.config["train"]["eval_tokens"])
-            p.predicted_seconds = (p.tokens + ev / 3) / p.tokens_per_s + PILOT_OVERHEAD_S
+        old = next((q for q in left if q.name == p.name and q.level == p.level), None)
+        p.tokens_per_s = old.tokens_per_s if old is not None else None
+        p.predicted_seconds = _predicted_seconds(p)
     d.pilots = [p for p in d.pilots if p.level < level] + new
     d.levels = d.levels[:level] + new_levels
     return (f"levels {level + 1}+ scaled to {f:.2f}x their compute: the pilots so far ran "

@@ -39,8 +39,6 @@ LAW_KEYS = ("E", "A", "B", "alpha", "beta")
 DEFAULT_LEVEL = 0.9
 PNG_NEEDS = "report: the PNG needs matplotlib: pip install 'budgetlm[plot]'"
 _GREEK = {"alpha": "α", "beta": "β"}
-_LAW_EXTRA = ("bootstrap", "residual_std", "interval_level", "unique_tokens", "seq_len",
-              "bpb_per_nat")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,20 +103,10 @@ def load_fit(path: str | Path) -> dict[str, Any]:
 
 
 def law_of(fit: dict[str, Any]) -> scaling.LossLaw:
-    """The fitted law as a `scaling.LossLaw` (kind "fit"): the file's "law" block, with the
-    pilots' range as `fit_range` and what predictions need (bootstrap, residual_std,
-    interval_level, unique_tokens, seq_len, bpb_per_nat) in `extra`."""
-    law = dict(fit["law"])
-    for k in _LAW_EXTRA:
-        if k not in law and fit.get(k) is not None:
-            law[k] = fit[k]
-    if "fit_range" not in law and _is_range(fit.get("fit_range")):
-        law["fit_range"] = [float(v) for v in fit["fit_range"]]
-    if "source" not in law:
-        data = fit.get("data") or {}
-        if data.get("source"):
-            law["source"] = f"fitted on {data['source']}"
-    return scaling.law_from_fit(law)
+    """The fitted law as a `scaling.LossLaw` (kind "fit"): `scaling.law_from_fit` of the file,
+    with the pilots' range as `fit_range` and what predictions need (bootstrap, residual_std,
+    interval_level, unique_tokens, seq_len, bpb_per_nat, ...) in `extra`."""
+    return scaling.law_from_fit({**fit, "kind": "budgetlm-fit"})
 
 
 # ---------------------------------------------------------------------------------------------

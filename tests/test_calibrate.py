@@ -225,3 +225,15 @@ def test_gpu_hours_need_a_gpu_here(tmp_path: Path) -> None:
                                  "-o", str(tmp_path / "f.json")])
     assert r.exit_code == 2
     assert "--gpu-hours" in r.output and "no GPU" in r.output
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"kind": "study"}'])
+def test_bad_fit_files_exit_2_with_one_line(content: str | None, tmp_path: Path) -> None:
+    path = tmp_path / "fit.json"
+    if content is not None:
+        path.write_text(content)
+    for args in (["plan", "--flops", "1e18", "--fit", str(path)], ["report", str(path)]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert str(path.name) in r.output and "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1
