@@ -62,6 +62,15 @@ def _run(label: str, cfg: Path, run_dir: Path, env: dict[str, str]) -> dict:
     return {"label": label, "res": res, "wall": wall, "whole_loss": loss, "whole_bpb": bpb}
 
 
+def _recipe(cfg: Path) -> tuple:
+    """What decides a run's quality besides its time cap: model, optimizer, schedule, batch."""
+    c = yaml.safe_load(Path(cfg).read_text())
+    t = c["train"]
+    return (tuple(sorted(c["model"].items())), tuple(sorted(c["optim"].items())),
+            tuple(sorted(c["schedule"].items())), t["micro_batch"], t["grad_accum"],
+            t["precision"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="20m", help="whole budget (wall time), e.g. 20m")
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pred = fitted["res"]["prediction"]
     pilots = fit["pilots"]
+    kap = fit["forms"]["kaplan"]
     share = cal_wall / total
     lines = [
         f"## calibration — {started:%Y-%m-%d %H:%M} UTC",
@@ -125,17 +135,26 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} = {fit['law'][k]:.4g} [{fit['intervals'][k][0]:.3g}, "
                     f"{fit['intervals'][k][1]:.3g}]"
                     for k in ("E", "A", "B", "alpha", "beta"))
-        + f"; residual std {fit['residual_std']:.4f} (log).",
+        + f"; residual std {fit['residual_std']:.4f} (log); E held at or below "
+        f"{fit['e_ceiling']['value']:.4f} nats/token, the best compression rate of the "
+        "validation tokens ("
+        + ", ".join(f"{k} {v:.4f}" for k, v in fit["e_ceiling"]["rates"].items()) + ").",
         "",
-        "| level | pilot | params | tokens | FLOPs | wall s | val loss | fitted |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Kaplan form fitted to the same pilots: "
+        + ", ".join(f"{k} = {kap['law'][k]:.4g}" for k in ("n_c", "d_c", "alpha_n", "alpha_d"))
+        + f"; residual std {kap['residual_std']:.4f} (log). Predictions: the geometric mean of "
+        "the two forms; the interval spans both forms' intervals.",
+        "",
+        "| level | pilot | params | tokens | FLOPs | wall s | val loss | fitted (Chinchilla) "
+        "| fitted (Kaplan) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in pilots:
         lines.append(
             f"| {p['level'] + 1} | {p['name']} | {p['params']:,} | {int(p['tokens']):,} | "
             f"{(p['flops'] or 0):.3g} | {(p['wall_seconds'] or 0):.1f} | "
-            + (f"{p['val_loss']:.4f} | {p['fitted_loss']:.4f} |" if p["val_loss"] is not None
-               else f"{p['state']} | - |")
+            + (f"{p['val_loss']:.4f} | {p['fitted_loss']:.4f} | {p['fitted_loss_kaplan']:.4f} |"
+               if p["val_loss"] is not None else f"{p['state']} | - | - |")
         )
     lines += [
         "",
@@ -159,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['whole_bpb']:.4f} |"
         )
     top = prior_plan["top"]
+    same = _recipe(plan_yaml) == _recipe(work / "prior.yaml")
     lines += [
         "",
         f"Fitted plan: {Path(plan_yaml).name} -> {fit['plan']['name']}; prior plan for the "
-        f"same {rest:.0f} s: {top['name']}.",
+        f"same {rest:.0f} s: {top['name']}"
+        + (" (the same model, batch, lr and schedule: the two runs differ only in the time "
+           "each was given and in timing noise)." if same else "."),
     ]
     checks = [
         ("pilots use <= 25% of the budget", share <= 0.25),

@@ -633,6 +633,8 @@ def _default_seq_len(budget: Any, data: DataConfig, profile: Any, precision: str
 
 def _fit(d: Design, records: dict[str, dict[str, Any]], corpus: Any, data: DataConfig,
          budget: Any, fraction: float, bootstrap: int, seed: int) -> dict[str, Any]:
+    from budgetlm.entropy import entropy_bound
+    from budgetlm.kaplanfit import fit_kaplan
     from budgetlm.lawfit import fit_law
 
     unique = int(len(corpus.train))
@@ -661,16 +663,26 @@ def _fit(d: Design, records: dict[str, dict[str, Any]], corpus: Any, data: DataC
             f"calibrate: only {len(good)} of {len(rows)} pilots finished (a fit needs 5): "
             + "; ".join(bad[:3])
         )
-    lf = fit_law([r["params"] for r in good], [r["effective_tokens"] for r in good],
-                 [r["val_loss"] for r in good], bootstrap=bootstrap, seed=seed)
-    for r, res in zip(good, lf.residuals, strict=True):
+    cols = ([r["params"] for r in good], [r["effective_tokens"] for r in good],
+            [r["val_loss"] for r in good])
+    ceiling = entropy_bound(corpus.val, int(corpus.tokenizer.vocab_size))
+    lf = fit_law(*cols, bootstrap=bootstrap, seed=seed,
+                 e_max=ceiling["value"] if ceiling else None)
+    kf = fit_kaplan(*cols, bootstrap=bootstrap, seed=seed)
+    for r, res, kres in zip(good, lf.residuals, kf.residuals, strict=True):
         r["fitted_loss"] = lf.loss(r["params"], r["effective_tokens"])
         r["residual"] = res
+        r["fitted_loss_kaplan"] = kf.loss(r["params"], r["effective_tokens"])
+        r["residual_kaplan"] = kres
     ratios = [r["val_bpb"] / r["val_loss"] for r in good if r.get("val_bpb") and r["val_loss"]]
     out: dict[str, Any] = {
         "kind": "budgetlm-fit", "version": 1,
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **lf.to_dict(),
+        "forms": {"kaplan": kf.to_dict()},
+        "prediction": "geometric mean of the Chinchilla-form law and the Kaplan-form law "
+                      "fitted to the same pilots; intervals span both forms' intervals",
+        "e_ceiling": ceiling,
         "fit_range": [min(r["params"] for r in good), max(r["params"] for r in good),
                       min(r["effective_tokens"] for r in good),
                       max(r["effective_tokens"] for r in good)],

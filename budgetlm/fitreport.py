@@ -103,10 +103,12 @@ def load_fit(path: str | Path) -> dict[str, Any]:
 
 
 def law_of(fit: dict[str, Any]) -> scaling.LossLaw:
-    """The fitted law as a `scaling.LossLaw` (kind "fit"): `scaling.law_from_fit` of the file,
-    with the pilots' range as `fit_range` and what predictions need (bootstrap, residual_std,
-    interval_level, unique_tokens, seq_len, bpb_per_nat, ...) in `extra`."""
-    return scaling.law_from_fit({**fit, "kind": "budgetlm-fit"})
+    """The fitted Chinchilla-form law as a `scaling.LossLaw` (kind "fit"): `scaling.law_from_fit`
+    of the file without its other forms, with the pilots' range as `fit_range` and what
+    predictions need (bootstrap, residual_std, interval_level, unique_tokens, seq_len,
+    bpb_per_nat, ...) in `extra`. The tables and curves show this law; the plan's prediction
+    (`fit["plan"]`) is the one `budgetlm plan --fit` makes, from all the file's forms."""
+    return scaling.law_from_fit({**fit, "kind": "budgetlm-fit", "forms": None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +308,7 @@ def render_fit(console: Any, fit: dict[str, Any]) -> None:
             f"planned run {r.get('plan_name') or ''}: N={_count(n)}, D={_count(d)}{ratio} at "
             f"{_sci(r['flops'])} FLOPs, predicted loss {loss}"
             + (f" {band}" if band != "-" else "")
-            + f" nats/token{in_bpb}; the fit's optimum there: "
+            + f" nats/token{in_bpb}; the Chinchilla form's optimum there: "
             f"N={_count(r['n_opt'])}, D={_count(r['d_opt'])}",
             highlight=False, soft_wrap=True,
         )
@@ -316,6 +318,24 @@ def render_fit(console: Any, fit: dict[str, Any]) -> None:
 
 def _notes(fit: dict[str, Any]) -> list[str]:
     out = []
+    ceiling = fit.get("e_ceiling") or {}
+    if _num(ceiling.get("value")):
+        rates = ceiling.get("rates") or {}
+        out.append(f"E held at or below {ceiling['value']:.4f} nats/token, the best compression "
+                   "rate of the validation tokens ("
+                   + ", ".join(f"{k} {v:.4f}" for k, v in rates.items() if _num(v)) + ")")
+    kap = ((fit.get("forms") or {}).get("kaplan") or {})
+    if isinstance(kap, dict) and isinstance(kap.get("law"), dict):
+        k = kap["law"]
+        try:
+            out.append(
+                f"Kaplan form fitted to the same pilots: L = [({_count(k['n_c'])}/N)^"
+                f"({k['alpha_n']:.3f}/{k['alpha_d']:.3f}) + {_count(k['d_c'])}/D]^"
+                f"{k['alpha_d']:.3f}, residual std {float(kap.get('residual_std', 0)):.3g}; "
+                "the plan predicts with the geometric mean of the two forms, its interval spans "
+                "both")
+        except (KeyError, TypeError, ValueError):
+            pass
     std = _num(fit.get("residual_std"))
     if std is not None:
         out.append(f"residual std {std:.3g} in log loss (≈{100 * math.expm1(std):.2f}%)")

@@ -107,6 +107,7 @@ class LawFit:
       bootstrap refits; empty when there are none.
     delta: Huber delta. n_init: L-BFGS-B starts of the point fit.
     n_resamples: bootstrap resamples drawn (len(bootstrap) of them converged).
+    e_max: the upper bound E was fitted under (None: only the loose box of `_bounds`).
     """
 
     E: float
@@ -124,6 +125,7 @@ class LawFit:
     delta: float
     n_init: int
     n_resamples: int = field(default=0)
+    e_max: float | None = None
 
     def loss(self, n: float, d: float) -> float:
         """The fitted law's loss (nats/token) of N parameters after D tokens (inf unless both
@@ -176,6 +178,7 @@ class LawFit:
                 "n_points": self.n_points,
                 "n_bootstrap": len(self.bootstrap),
                 "n_resamples": self.n_resamples,
+                "e_max": self.e_max,
             },
         }
 
@@ -205,6 +208,7 @@ class LawFit:
                 delta=float(fit["huber_delta"]),
                 n_init=int(fit["n_init"]),
                 n_resamples=int(fit.get("n_resamples", len(bootstrap))),
+                e_max=None if fit.get("e_max") is None else float(fit["e_max"]),
             )
         except KeyError as exc:
             raise UserError(f"fit: missing key {exc.args[0]!r} in the fitted law") from None
@@ -225,10 +229,12 @@ def fit_law(
     bootstrap: int = 200,
     level: float = 0.9,
     seed: int = 0,
+    e_max: float | None = None,
 ) -> LawFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to runs (N parameters, D effective tokens, loss
     in nats/token) by Hoffmann et al.'s Huber objective in log space, with `bootstrap` resampled
-    refits for `level` intervals (see the module docstring).
+    refits for `level` intervals (see the module docstring). `e_max`: an upper bound on E (the
+    loss no size or data can go below), e.g. a measured compression rate of the same text.
 
     Cost, measured with time.perf_counter (wall = CPU time, one core of the shared 2-core
     development machine, Python 3.11, numpy 2.4, scipy 1.17) around fit_law on the IsoFLOP
@@ -242,7 +248,8 @@ def fit_law(
     where that library is not found).
     """
     with _blas_single_thread():
-        return _fit_law(n, d, loss, delta=delta, bootstrap=bootstrap, level=level, seed=seed)
+        return _fit_law(n, d, loss, delta=delta, bootstrap=bootstrap, level=level, seed=seed,
+                        e_max=e_max)
 
 
 def _fit_law(
@@ -254,8 +261,11 @@ def _fit_law(
     bootstrap: int = 200,
     level: float = 0.9,
     seed: int = 0,
+    e_max: float | None = None,
 ) -> LawFit:
     x, y, logl = _validate(n, d, loss)
+    if e_max is not None and not (_is_number(e_max) and math.isfinite(e_max) and e_max > 0):
+        raise UserError(f"fit: e_max must be a positive number, got {e_max!r}")
     if not (_is_number(delta) and math.isfinite(delta) and delta > 0):
         raise UserError(f"fit: huber delta must be a positive number, got {delta!r}")
     if not (isinstance(bootstrap, int | np.integer) and not isinstance(bootstrap, bool)) or (
@@ -268,6 +278,8 @@ def _fit_law(
     xbar, ybar = float(x.mean()), float(y.mean())
     xc, yc = x - xbar, y - ybar
     bounds = _bounds(logl)
+    if e_max is not None:
+        bounds[0] = (bounds[0][0], min(bounds[0][1], math.log(e_max)))
 
     starts = _grid_starts(xc, yc, logl, delta, xbar, ybar, bounds)
     best: Any = None
@@ -324,6 +336,7 @@ def _fit_law(
         delta=delta,
         n_init=len(starts),
         n_resamples=bootstrap,
+        e_max=None if e_max is None else float(e_max),
     )
 
 

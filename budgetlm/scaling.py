@@ -79,7 +79,9 @@ CHINCHILLA_TABLE3: tuple[tuple[float, float, float], ...] = (
 class LossLaw:
     """A loss law L(N, D) in nats/token with its provenance.
 
-    form: "chinchilla" (E + A/N^alpha + B/D^beta) or "kaplan" ([(Nc/N)^(aN/aD) + Dc/D]^aD).
+    form: "chinchilla" (E + A/N^alpha + B/D^beta), "kaplan" ([(Nc/N)^(aN/aD) + Dc/D]^aD) or
+      "mean": the geometric mean of `members`' losses (laws of other forms fitted to the same
+      runs), whose interval spans all of theirs (`interval`).
     params: which parameter count N means: "total" (Chinchilla and Epoch count every parameter,
     embeddings included) or "non_embedding" (Kaplan).
     kind: "prior" (published constants) or "fit" (fitted on this corpus).
@@ -104,6 +106,7 @@ class LossLaw:
     unit: str = "nats/token"
     fit_range: tuple[float, float, float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    members: tuple[LossLaw, ...] = ()
 
     # -- the law --------------------------------------------------------------------------------
     def loss(self, n: float, d: float) -> float:
@@ -114,6 +117,8 @@ class LossLaw:
             return self.E + self.A / n**self.alpha + self.B / d**self.beta
         if self.form == "kaplan":
             return ((self.n_c / n) ** (self.alpha_n / self.alpha_d) + self.d_c / d) ** self.alpha_d
+        if self.form == "mean":
+            return _geometric_mean([m.loss(n, d) for m in self.members])
         raise ValueError(f"unknown law form {self.form!r}")
 
     def n_of(self, total: float, non_embedding: float) -> float:
@@ -129,6 +134,12 @@ class LossLaw:
             g = self.G
             a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
             return g * (flops / 6) ** a, (flops / 6) ** b / g
+        if self.form == "kaplan":
+            # d/dN [(Nc/N)^p + 6·Dc·N/C] = 0  ->  N^(p+1) = p·Nc^p·C / (6·Dc)
+            p = self.alpha_n / self.alpha_d
+            n = math.exp((math.log(p) + p * math.log(self.n_c) + math.log(flops / 6)
+                          - math.log(self.d_c)) / (p + 1))
+            return n, flops / (6 * n)
         n = minimize_log(lambda x: self.loss(x, flops / (6 * x)), 1.0, flops / 6)
         return n, flops / (6 * n)
 
@@ -145,6 +156,9 @@ class LossLaw:
             a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
             c6 = (tokens * self.G) ** (1 / b)
             return self.G * c6**a
+        if self.form == "kaplan":  # the optimum above solved for N at D_opt = tokens
+            p = self.alpha_n / self.alpha_d
+            return self.n_c * (p * tokens / self.d_c) ** (1 / p)
         # numeric: find C with D_opt(C) = tokens (D_opt grows monotonically in C)
         lo, hi = math.log(6 * tokens), math.log(6 * tokens) + 80
         for _ in range(200):
@@ -164,6 +178,9 @@ class LossLaw:
         unique None: unlimited data (plain L(N, D)). excess_params: also discount parameters
         beyond the compute-optimal size for `unique` tokens (their N' term).
         """
+        if self.form == "mean":
+            return _geometric_mean(
+                [m.loss_repeated(n, d, unique, excess_params) for m in self.members])
         if unique is None or unique <= 0 or d <= unique:
             return self.loss(n, d)
         d_eff = effective_data(d, unique)
@@ -176,6 +193,12 @@ class LossLaw:
     @functools.cached_property
     def _bootstrap_laws(self) -> tuple[LossLaw, ...]:
         sets = self.extra.get("bootstrap") or []
+        if self.form == "kaplan":
+            return tuple(
+                LossLaw(name=self.name, form="kaplan", n_c=nc, d_c=dc, alpha_n=an, alpha_d=ad,
+                        params=self.params, kind=self.kind)
+                for nc, dc, an, ad in sets
+            )
         return tuple(
             LossLaw(name=self.name, form="chinchilla", E=e, A=a, B=b, alpha=al, beta=be,
                     params=self.params, kind=self.kind)
@@ -184,6 +207,8 @@ class LossLaw:
 
     @property
     def has_interval(self) -> bool:
+        if self.form == "mean":
+            return any(m.has_interval for m in self.members)
         return bool(self.extra.get("bootstrap")) or bool(self.extra.get("residual_std"))
 
     def interval(
@@ -194,6 +219,9 @@ class LossLaw:
         space) combined in quadrature on each side; `level` defaults to the fit's own."""
         point = self.loss_repeated(n, d, unique)
         lvl = float(level if level is not None else self.extra.get("interval_level", 0.9))
+        if self.form == "mean":  # every member's interval inside: the forms' disagreement too
+            spans = [m.interval(n, d, unique, lvl) for m in self.members]
+            return point, min(s[1] for s in spans), max(s[2] for s in spans)
         preds = [b.loss_repeated(n, d, unique) for b in self._bootstrap_laws]
         return interval_about(point, preds, float(self.extra.get("residual_std") or 0.0), lvl)
 
@@ -205,7 +233,15 @@ class LossLaw:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        return {k: v for k, v in d.items() if v not in (0.0, None, {}, "")}
+        return {k: v for k, v in d.items() if v not in (0.0, None, {}, "", ())}
+
+
+def _geometric_mean(xs: list[float]) -> float:
+    if not xs or any(not (x > 0) for x in xs):
+        return math.inf
+    if any(math.isinf(x) for x in xs):
+        return math.inf
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,12 +281,14 @@ def prior(name: str) -> LossLaw:
 
 
 def law_from_fit(fit: dict[str, Any]) -> LossLaw:
-    """A Chinchilla-form law fitted on this corpus: {E, A, B, alpha, beta[, name, source, ...]},
+    """A law fitted on this corpus: a Chinchilla-form {E, A, B, alpha, beta[, name, source, ...]},
     or a whole fit.json written by `budgetlm calibrate` (kind "budgetlm-fit").
 
     The hook through which a fitted law (from pilot runs) replaces the prior in `plan(fit=...)`.
     Extra keys (bootstrap, residual_std, interval_level, seq_len, precision, bpb_per_nat, ...)
-    are kept in `extra`.
+    are kept in `extra`. When the fit also holds a Kaplan-form fit of the same runs
+    (`forms.kaplan`, as calibrate writes), the law is form "mean" over the two: predictions are
+    their geometric mean and every interval spans both forms' intervals.
     """
     if fit.get("kind") == "budgetlm-fit":
         fit = flatten_fit_file(fit)
@@ -258,20 +296,47 @@ def law_from_fit(fit: dict[str, Any]) -> LossLaw:
     missing = [k for k in need if k not in fit]
     if missing:
         raise UserError(f"fit: missing {', '.join(missing)} (expected keys {', '.join(need)})")
-    try:
-        values = {k: float(fit[k]) for k in need}
-    except (TypeError, ValueError):
-        raise UserError(f"fit: {', '.join(need)} must be numbers") from None
-    if values["alpha"] <= 0 or values["beta"] <= 0 or values["A"] <= 0 or values["B"] <= 0:
-        raise UserError("fit: A, B, alpha and beta must be positive")
-    extra = {k: v for k, v in fit.items() if k not in (*need, "name", "source", "fit_range")}
+    values = _positive_numbers(fit, need, "E")
+    extra = {k: v for k, v in fit.items()
+             if k not in (*need, "name", "source", "fit_range", "forms")}
     fr = fit.get("fit_range")
-    return LossLaw(
-        name=str(fit.get("name", "fit")), form="chinchilla", params="total", kind="fit",
-        source=str(fit.get("source", "fitted on this corpus")),
-        fit_range=tuple(fr) if fr else None,  # type: ignore[arg-type]
-        extra=extra, **values,
-    )
+    common: dict[str, Any] = {
+        "name": str(fit.get("name", "fit")), "params": "total", "kind": "fit",
+        "source": str(fit.get("source", "fitted on this corpus")),
+        "fit_range": tuple(fr) if fr else None,
+    }
+    chin = LossLaw(form="chinchilla", extra=extra, **common, **values)
+    kap = (fit.get("forms") or {}).get("kaplan") if isinstance(fit.get("forms"), dict) else None
+    if kap is None:
+        return chin
+    if not isinstance(kap, dict) or not isinstance(kap.get("law"), dict):
+        raise UserError("fit: forms.kaplan must be an object with a 'law' (n_c, d_c, alpha_n, "
+                        "alpha_d)")
+    kv = _positive_numbers(kap["law"], ("n_c", "d_c", "alpha_n", "alpha_d"), None,
+                           where="forms.kaplan.law")
+    kextra = {k: kap[k] for k in ("bootstrap", "residual_std", "interval_level") if k in kap}
+    kextra.setdefault("interval_level", extra.get("interval_level", 0.9))
+    kaplan = LossLaw(form="kaplan", extra=kextra, **common, **kv)
+    shared = {k: v for k, v in extra.items() if k not in ("bootstrap", "residual_std")}
+    return LossLaw(form="mean", extra=shared, members=(chin, kaplan), **common)
+
+
+def _positive_numbers(d: dict[str, Any], keys: tuple[str, ...], may_be_zero: str | None,
+                      where: str = "") -> dict[str, float]:
+    try:
+        values = {k: float(d[k]) for k in keys}
+    except KeyError as exc:
+        raise UserError(f"fit: {where + ': ' if where else ''}missing {exc.args[0]}") from None
+    except (TypeError, ValueError):
+        raise UserError(f"fit: {where + ': ' if where else ''}{', '.join(keys)} must be "
+                        "numbers") from None
+    bad = [k for k, v in values.items()
+           if not math.isfinite(v) or v < 0 or (v == 0 and k != may_be_zero)]
+    if bad:
+        if may_be_zero == "E":  # the message the Chinchilla form has always given
+            raise UserError("fit: A, B, alpha and beta must be positive")
+        raise UserError(f"fit: {where + ': ' if where else ''}{', '.join(bad)} must be positive")
+    return values
 
 
 def flatten_fit_file(fit: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +351,8 @@ def flatten_fit_file(fit: dict[str, Any]) -> dict[str, Any]:
     out["source"] = (f"fitted on {n_ok} pilot runs of {data.get('source', 'this corpus')} "
                      f"({data.get('tokenizer', '?')} tokens) by budgetlm calibrate")
     for k in ("bootstrap", "residual_std", "interval_level", "seq_len", "precision",
-              "bpb_per_nat", "unique_tokens", "fit_range", "data", "optimizer", "eval_tokens"):
+              "bpb_per_nat", "unique_tokens", "fit_range", "data", "optimizer", "eval_tokens",
+              "forms"):
         if fit.get(k) is not None:
             out[k] = fit[k]
     return out
