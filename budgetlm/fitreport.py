@@ -486,6 +486,10 @@ def write_fit_png(fit: dict[str, Any], path: str | Path) -> Path:
                                                                           strict=True)):
             ax2.plot(c_grid, rep, color="black", lw=1.4, ls="--",
                      label=f"N_opt with {_count(unique)} unique tokens repeated (D')")
+    both = scaling.law_from_fit({**fit, "kind": "budgetlm-fit"})
+    if both.form == "mean":
+        ax2.plot(c_grid, [both.optimal(float(c))[0] for c in c_grid], color="tab:red", lw=1.6,
+                 ls="-.", label="N_opt(C) the plan predicts with (Chinchilla and Kaplan forms)")
     if boots:
         band = np.array([_n_opts(boots, float(c)) for c in c_grid])  # (n_c, n_boot)
         q = (1 - level) / 2

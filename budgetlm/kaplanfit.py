@@ -30,16 +30,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from budgetlm.errors import UserError
 from budgetlm.lawfit import (
     EXPONENT_BOUNDS,
     _blas_single_thread,
     _check_level,
-    _converged,
+    _Form,
     _huber,
     _validate,
+    multistart_fit,
 )
 from budgetlm.scaling import interval_about
 
@@ -146,46 +146,14 @@ def _fit(x: np.ndarray, y: np.ndarray, logl: np.ndarray, delta: float, bootstrap
     xc, yc = x - xbar, y - ybar
     bounds = [(-_LOG_BOX, _LOG_BOX), (-_LOG_BOX, _LOG_BOX), EXPONENT_BOUNDS, EXPONENT_BOUNDS]
     starts = _starts(xc, yc, logl, delta)
-    best: Any = None
-    for t0 in starts:
-        res = _minimize(t0, xc, yc, logl, delta, bounds)
-        if best is None or (np.isfinite(res.fun) and res.fun < best.fun):
-            best = res
-    theta = np.asarray(best.x, dtype=float)
-    residuals = logl - _log_model(theta, xc, yc)
-    npts = logl.size
-    ddof = min(_N_THETA, npts - 1)
-    residual_std = float(math.sqrt(float(np.sum(residuals**2)) / (npts - ddof)))
-
-    rows: list[list[float]] = []
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        lo = np.array([b[0] for b in bounds])
-        hi = np.array([b[1] for b in bounds])
-        for _ in range(bootstrap):
-            idx = rng.integers(0, npts, npts)
-            perturbed = np.clip(theta + rng.normal(0.0, [0.5, 0.5, 0.05, 0.05]), lo, hi)
-            fit_b: Any = None
-            for t0 in (theta, perturbed):
-                res = _minimize(t0, xc[idx], yc[idx], logl[idx], delta, bounds)
-                if _converged(res, bounds) and (fit_b is None or res.fun < fit_b.fun):
-                    fit_b = res
-            if fit_b is not None:
-                rows.append(_raw(np.asarray(fit_b.x, dtype=float), xbar, ybar))
-    intervals: dict[str, tuple[float, float]] = {}
-    if rows:
-        arr = np.asarray(rows, dtype=float)
-        q = 100 * (1 - level) / 2
-        for j, name in enumerate(PARAM_NAMES):
-            a, b = np.percentile(arr[:, j], [q, 100 - q])
-            intervals[name] = (float(a), float(b))
-    p = _raw(theta, xbar, ybar)
+    form = _Form(_objective, _log_model, lambda t: _raw(t, xbar, ybar), PARAM_NAMES,
+                 (0.5, 0.5, 0.05, 0.05))
+    r = multistart_fit(form, starts, bounds, xc, yc, logl, delta, bootstrap, level, seed)
     return KaplanFit(
-        n_c=p[0], d_c=p[1], alpha_n=p[2], alpha_d=p[3],
-        objective=float(_objective(theta, xc, yc, logl, delta, with_grad=False)) * delta**2,
-        n_points=int(npts), residuals=[float(r) for r in residuals], residual_std=residual_std,
-        bootstrap=rows, intervals=intervals, level=level, delta=delta, n_init=len(starts),
-        n_resamples=bootstrap,
+        n_c=r.params[0], d_c=r.params[1], alpha_n=r.params[2], alpha_d=r.params[3],
+        objective=r.objective, n_points=int(logl.size), residuals=r.residuals,
+        residual_std=r.residual_std, bootstrap=r.rows, intervals=r.intervals, level=level,
+        delta=delta, n_init=len(starts), n_resamples=bootstrap,
     )
 
 
@@ -225,13 +193,6 @@ def _objective(theta: np.ndarray, xc: np.ndarray, yc: np.ndarray, logl: np.ndarr
         float(k @ (s - p * wc)),
     ])
     return f, grad
-
-
-def _minimize(theta0: np.ndarray, xc: np.ndarray, yc: np.ndarray, logl: np.ndarray,
-              delta: float, bounds: list[tuple[float, float]]) -> Any:
-    return minimize(_objective, np.asarray(theta0, dtype=float), args=(xc, yc, logl, delta),
-                    jac=True, method="L-BFGS-B", bounds=bounds,
-                    options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
 
 
 def _starts(xc: np.ndarray, yc: np.ndarray, logl: np.ndarray, delta: float) -> list[np.ndarray]:

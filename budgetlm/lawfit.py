@@ -68,7 +68,7 @@ import contextlib
 import ctypes
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,19 +282,70 @@ def _fit_law(
         bounds[0] = (bounds[0][0], min(bounds[0][1], math.log(e_max)))
 
     starts = _grid_starts(xc, yc, logl, delta, xbar, ybar, bounds)
+    form = _Form(_objective, _log_model, lambda t: _raw_params(t, xbar, ybar), PARAM_NAMES,
+                 (0.3, 0.3, 0.3, 0.05, 0.05))
+    r = multistart_fit(form, starts, bounds, xc, yc, logl, delta, bootstrap, level, seed)
+    return LawFit(
+        E=r.params[0],
+        A=r.params[1],
+        B=r.params[2],
+        alpha=r.params[3],
+        beta=r.params[4],
+        objective=r.objective,
+        n_points=int(logl.size),
+        residuals=r.residuals,
+        residual_std=r.residual_std,
+        bootstrap=r.rows,
+        intervals=r.intervals,
+        level=level,
+        delta=delta,
+        n_init=len(starts),
+        n_resamples=bootstrap,
+        e_max=None if e_max is None else float(e_max),
+    )
+
+
+@dataclass(frozen=True)
+class _Form:
+    """What `multistart_fit` needs of a law's form: its objective (theta, xc, yc, logl, delta,
+    with_grad) -> f[, grad] (Huber / delta^2 on log-loss), its log-loss (theta, xc, yc) ->
+    log L, theta -> raw parameters, their names, and the std of the random jitter of the second
+    start of each bootstrap refit."""
+
+    objective: Callable[..., Any]
+    log_model: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    raw: Callable[[np.ndarray], list[float]]
+    names: tuple[str, ...]
+    jitter: tuple[float, ...]
+
+
+@dataclass
+class _Result:
+    params: list[float]
+    objective: float
+    residuals: list[float]
+    residual_std: float
+    rows: list[list[float]]
+    intervals: dict[str, tuple[float, float]]
+
+
+def multistart_fit(form: _Form, starts: list[np.ndarray], bounds: list[tuple[float, float]],
+                   xc: np.ndarray, yc: np.ndarray, logl: np.ndarray, delta: float,
+                   bootstrap: int, level: float, seed: int) -> _Result:
+    """The best L-BFGS-B fit from `starts`; its residuals and their standard error (ddof = the
+    form's parameter count, clipped at n - 1); `bootstrap` refits on resampled runs (each from
+    the point fit and from a jittered start; refits that did not converge are dropped) and the
+    central `level` percentile interval of each raw parameter over them."""
     best: Any = None
     for theta0 in starts:
-        res = _minimize(theta0, xc, yc, logl, delta, bounds)
+        res = _minimize(form.objective, theta0, xc, yc, logl, delta, bounds)
         if best is None or (np.isfinite(res.fun) and res.fun < best.fun):
             best = res
     theta = np.asarray(best.x, dtype=float)
-    params = _raw_params(theta, xbar, ybar)
-    objective = float(_objective(theta, xc, yc, logl, delta, with_grad=False)) * delta**2
-
-    fitted = _log_model(theta, xc, yc)
-    residuals = logl - fitted
+    objective = float(form.objective(theta, xc, yc, logl, delta, with_grad=False)) * delta**2
     npts = logl.size
-    ddof = min(_N_THETA, npts - 1)
+    residuals = logl - form.log_model(theta, xc, yc)
+    ddof = min(len(form.names), npts - 1)
     residual_std = float(math.sqrt(float(np.sum(residuals**2)) / (npts - ddof)))
 
     rows: list[list[float]] = []
@@ -302,42 +353,24 @@ def _fit_law(
         rng = np.random.default_rng(seed)
         for _ in range(bootstrap):
             idx = rng.integers(0, npts, npts)
-            perturbed = theta + rng.normal(0.0, [0.3, 0.3, 0.3, 0.05, 0.05])
-            perturbed = _clip(perturbed, bounds)
+            perturbed = _clip(theta + rng.normal(0.0, form.jitter), bounds)
             fit_b: Any = None
             for theta0 in (theta, perturbed):
-                res = _minimize(theta0, xc[idx], yc[idx], logl[idx], delta, bounds)
+                res = _minimize(form.objective, theta0, xc[idx], yc[idx], logl[idx], delta,
+                                bounds)
                 if _converged(res, bounds) and (fit_b is None or res.fun < fit_b.fun):
                     fit_b = res
             if fit_b is not None:
-                rows.append(_raw_params(np.asarray(fit_b.x, dtype=float), xbar, ybar))
-
+                rows.append(form.raw(np.asarray(fit_b.x, dtype=float)))
     intervals: dict[str, tuple[float, float]] = {}
     if rows:
         arr = np.asarray(rows, dtype=float)
         q = 100 * (1 - level) / 2
-        for j, name in enumerate(PARAM_NAMES):
+        for j, name in enumerate(form.names):
             lo, hi = np.percentile(arr[:, j], [q, 100 - q])
             intervals[name] = (float(lo), float(hi))
-
-    return LawFit(
-        E=params[0],
-        A=params[1],
-        B=params[2],
-        alpha=params[3],
-        beta=params[4],
-        objective=objective,
-        n_points=int(npts),
-        residuals=[float(r) for r in residuals],
-        residual_std=residual_std,
-        bootstrap=rows,
-        intervals=intervals,
-        level=level,
-        delta=delta,
-        n_init=len(starts),
-        n_resamples=bootstrap,
-        e_max=None if e_max is None else float(e_max),
-    )
+    return _Result(form.raw(theta), objective, [float(v) for v in residuals], residual_std,
+                   rows, intervals)
 
 
 @functools.cache
@@ -498,6 +531,7 @@ def _objective(
 
 
 def _minimize(
+    objective: Callable[..., Any],
     theta0: np.ndarray,
     xc: np.ndarray,
     yc: np.ndarray,
@@ -506,7 +540,7 @@ def _minimize(
     bounds: list[tuple[float, float]],
 ) -> Any:
     return minimize(
-        _objective,
+        objective,
         np.asarray(theta0, dtype=float),
         args=(xc, yc, logl, delta),
         jac=True,

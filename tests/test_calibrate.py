@@ -19,6 +19,9 @@ from typer.testing import CliRunner
 
 from budgetlm import scaling
 from budgetlm.calibrate import (
+    EXIT_RESERVE_S,
+    PLAN_RESERVE_S,
+    _plan_rest,
     _read_records,
     calibrate,
     check_prediction,
@@ -105,6 +108,15 @@ def test_isoflop_design_and_fit_file(calibrated: dict) -> None:
     law = fit["law"]
     assert all(law[k] > 0 for k in ("E", "A", "B", "alpha", "beta"))
     assert len(fit["bootstrap"]) >= 10
+    # E no higher than the validation tokens' best compression rate; the Kaplan form beside it
+    ceiling = fit["e_ceiling"]
+    assert ceiling["value"] == min(ceiling["rates"].values())
+    assert law["E"] <= ceiling["value"] * (1 + 1e-9)
+    kap = fit["forms"]["kaplan"]
+    assert kap["law"]["form"] == "kaplan" and len(kap["bootstrap"]) >= 10
+    assert all(math.isfinite(p["fitted_loss_kaplan"]) for p in pilots)
+    both = scaling.law_from_fit(fit)
+    assert both.form == "mean"
     assert fit["seq_len"] == 32 and fit["precision"] == "fp32"
     assert fit["bpb_per_nat"] == pytest.approx(1 / math.log(2))  # byte tokens
     # the rest of the budget was planned from the fit, with an interval
@@ -112,6 +124,9 @@ def test_isoflop_design_and_fit_file(calibrated: dict) -> None:
     assert plan_yaml.exists()
     p = fit["plan"]
     assert p["loss_lo"] < p["loss"] < p["loss_hi"]
+    point, lo, hi = both.interval(p["params"], p["tokens"], fit["unique_tokens"])
+    assert p["loss"] == pytest.approx(point, rel=1e-6)  # the plan predicts with both forms
+    assert (p["loss_lo"], p["loss_hi"]) == pytest.approx((lo, hi), rel=1e-6)
     assert p["flops"] <= 3e11 * 0.8 * 1.05
 
 
@@ -149,12 +164,29 @@ def test_plan_fit_and_train_record_predicted_vs_actual(calibrated: dict, tmp_pat
     assert pred["inside"] == (pred["loss_lo"] <= res["val_loss"] <= pred["loss_hi"])
 
 
+def test_time_plan_gets_what_its_timing_left_of_the_reserve(calibrated: dict) -> None:
+    from budgetlm import hardware
+
+    fit = json.loads(calibrated["out"].read_text())
+    t0 = time.perf_counter()
+    p, note = _plan_rest(Budget(seconds=120), DATA, fit, 10.0,
+                         hardware.cached_profile() or hardware.load_profile())
+    took = time.perf_counter() - t0
+    assert note is None and p is not None
+    given = float(p.budget.seconds)
+    # planned for the time really left: more than the reserve would leave, no more than is left
+    assert 120 - 10 - PLAN_RESERVE_S < given <= 120 - 10 - EXIT_RESERVE_S
+    assert given >= 120 - 10 - EXIT_RESERVE_S - took - 0.5
+    assert p.top.seconds <= given * 1.001
+
+
 def test_report_fit_writes_png(calibrated: dict, tmp_path: Path) -> None:
     png = tmp_path / "f.png"
     r = CliRunner().invoke(app, ["report", str(calibrated["out"]), "--png", str(png)])
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "IsoFLOP" in r.output or "pilots" in r.output
+    assert "E held at or below" in r.output and "Kaplan form fitted" in r.output
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,3 +244,21 @@ def test_single_fits_recover_the_epoch_law_on_a_chinchilla_sized_design() -> Non
         e = rel_errors(fit_law(nn, dd, noisy(loss, seed), bootstrap=0), LAW_EPOCH)
         assert abs(e["E"]) < 0.02, (seed, e)
         assert abs(e["alpha"]) < 0.10 and abs(e["beta"]) < 0.10, (seed, e)
+
+
+def test_e_max_caps_the_floor_and_is_recorded() -> None:
+    n, d, loss = isoflop_design(LAW_1)  # true E = 1.8
+    fit = fit_law(n, d, loss, bootstrap=10, e_max=1.2)
+    assert fit.E <= 1.2 * (1 + 1e-9)
+    assert all(row[0] <= 1.2 * (1 + 1e-9) for row in fit.bootstrap)
+    assert fit.to_dict()["fit"]["e_max"] == 1.2
+    assert LawFit.from_dict(json.loads(json.dumps(fit.to_dict()))).e_max == 1.2
+    free = fit_law(n, d, loss, bootstrap=0, e_max=5.0)  # a loose cap changes nothing
+    assert free.E == pytest.approx(LAW_1[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, "1"])
+def test_bad_e_max_is_a_user_error(bad: object) -> None:
+    n, d, loss = isoflop_design(LAW_1)
+    with pytest.raises(UserError, match="e_max"):
+        fit_law(n, d, loss, bootstrap=0, e_max=bad)  # type: ignore[arg-type]

@@ -116,3 +116,48 @@ def test_parse_number() -> None:
     assert scaling.parse_number("1_000", "--tokens") == 1000
     with pytest.raises(UserError, match="--flops"):
         scaling.parse_number("lots", "--flops")
+
+
+def test_kaplan_closed_form_optimum_matches_a_numeric_search() -> None:
+    law = scaling.KAPLAN
+    for c in (1e15, 1e19, 1e23):
+        n, d = law.optimal(c)
+        assert 6 * n * d == pytest.approx(c)
+        num = scaling.minimize_log(lambda x, c=c: law.loss(x, c / (6 * x)), 1.0, c / 6)
+        assert n == pytest.approx(num, rel=1e-6)
+        assert law.params_for_tokens(d) == pytest.approx(n, rel=1e-9)
+
+
+CHIN = {"E": 1.1, "A": 60.0, "B": 300.0, "alpha": 0.45, "beta": 0.42,
+        "bootstrap": [[1.1, 60.0, 300.0, 0.45, 0.42], [1.0, 70.0, 280.0, 0.46, 0.41]],
+        "residual_std": 0.02, "interval_level": 0.9, "seq_len": 64}
+KAP = {"law": {"form": "kaplan", "n_c": 5.3e5, "d_c": 2.3e7, "alpha_n": 0.22, "alpha_d": 0.2},
+       "bootstrap": [[5.3e5, 2.3e7, 0.22, 0.2], [6e5, 2.1e7, 0.21, 0.21]],
+       "residual_std": 0.03}
+
+
+def test_a_fit_with_two_forms_predicts_their_geometric_mean_and_spans_both() -> None:
+    law = scaling.law_from_fit({**CHIN, "forms": {"kaplan": KAP}})
+    assert law.form == "mean" and [m.form for m in law.members] == ["chinchilla", "kaplan"]
+    assert law.extra["seq_len"] == 64 and law.has_interval
+    chin, kap = law.members
+    for n, d in ((2e5, 3e6), (6e5, 1.5e7)):
+        assert law.loss(n, d) == pytest.approx(math.sqrt(chin.loss(n, d) * kap.loss(n, d)))
+        point, lo, hi = law.interval(n, d, unique=1e7)
+        spans = [m.interval(n, d, unique=1e7) for m in law.members]
+        assert point == pytest.approx(law.loss_repeated(n, d, 1e7))
+        assert lo == min(s[1] for s in spans) and hi == max(s[2] for s in spans)
+        assert lo < point < hi
+    n, d = law.optimal(1e13)
+    assert 6 * n * d == pytest.approx(1e13)
+    assert law.loss(n, d) <= min(law.loss(n * f, d / f) for f in (0.8, 1.25))
+    assert scaling.law_from_fit(CHIN).form == "chinchilla"
+
+
+@pytest.mark.parametrize("kap", [
+    "x", {"law": "x"}, {"law": {"n_c": 1.0}},
+    {"law": {"n_c": 1.0, "d_c": 1.0, "alpha_n": -0.1, "alpha_d": 0.2}},
+])
+def test_a_malformed_second_form_is_a_user_error(kap: object) -> None:
+    with pytest.raises(UserError, match="kaplan"):
+        scaling.law_from_fit({**CHIN, "forms": {"kaplan": kap}})
