@@ -56,8 +56,7 @@ LEVEL_RATIO = 3.0  # compute of consecutive levels
 SIZE_SPREAD = 3.0  # parameters of consecutive sizes within a level
 PLAN_SHARE = 0.85  # of the pilot budget the design fills with predicted pilot time
 PILOT_OVERHEAD_S = 2.5  # per pilot before any is measured: process, data, model, final eval
-PLAN_RESERVE_S = 30.0  # of a --time budget, for the final plan's timing of real steps
-EXIT_RESERVE_S = 2.0  # after the plan: planning again, writing it, the process's exit
+EXIT_RESERVE_S = 2.0  # of a --time budget: writing the plan and fit.json, the process's exit
 EVAL_TOKENS = 65536  # validation tokens of every pilot and of the planned run (the same windows)
 MAX_PILOT_PARAMS = 2e9
 
@@ -505,6 +504,7 @@ def calibrate(
                 "design options differ); use another -o or delete that directory"
             )
     records = _read_records(rpath)
+    designed_now = d is None
     if d is None:
         T = seq_len or _default_seq_len(budget, data, profile, precision)
         d = design(budget, data, corpus, profile, fraction, levels, sizes, level_ratio,
@@ -519,6 +519,8 @@ def calibrate(
     spent = d.design_seconds + sum(
         float(r.get("wall_seconds") or 0.0) for r in records.values()
     )
+    # wall time of earlier invocations (their design and pilots): this one is timed whole
+    earlier = spent - (d.design_seconds if designed_now else 0.0)
     ran = 0
     notes = list(d.notes)
     from budgetlm.tune.launch import make_launcher, ready
@@ -599,7 +601,8 @@ def calibrate(
     ppath = None
     if write_plan:
         t_plan = time.perf_counter()
-        the_plan, note = _plan_rest(budget, data, fit, pilot_seconds, profile)
+        used = max(pilot_seconds, earlier + t_plan - t_start)
+        the_plan, note = _plan_rest(budget, data, fit, used, profile)
         if note:
             fit["notes"].append(note)
         if the_plan is not None:
@@ -712,34 +715,26 @@ def _fit(d: Design, records: dict[str, dict[str, Any]], corpus: Any, data: DataC
 
 def _plan_rest(budget: Any, data: DataConfig, fit: dict[str, Any], pilot_seconds: float,
                profile: Any) -> tuple[Any, str | None]:
-    """Plan what the pilots left of the budget from the fitted law."""
+    """Plan what the pilots left of the budget from the fitted law. `pilot_seconds`: the wall
+    time calibrate has used so far (earlier invocations' pilots included)."""
     from budgetlm.planner import Budget, plan
 
     if budget.kind == "flops":
         used = sum(float(p.get("flops") or 0.0) for p in fit["pilots"])
         rest = Budget(flops=max(float(budget.flops) - used, 1.0))
     elif budget.kind == "time":
-        # the plan times real steps of its best candidates (up to ~1.5 x CALIBRATION_SECONDS);
-        # that comes out of the budget too
-        rest = Budget(seconds=float(budget.seconds) - pilot_seconds - PLAN_RESERVE_S)
+        # the plan times real steps of its best candidates (spend_planning: that time, too,
+        # comes out of the run's)
+        rest = Budget(seconds=float(budget.seconds) - pilot_seconds - EXIT_RESERVE_S)
     else:
         hours = float(budget.device_hours) - pilot_seconds / 3600.0 * max(1, budget.gpus)
         rest = Budget(gpu_hours=hours, gpus=budget.gpus, gpu=budget.gpu)
     for v in (rest.seconds, rest.flops, rest.gpu_hours):
         if v is not None and v <= 0:
             return None, "no budget left after the pilots: nothing planned"
-    t0 = time.perf_counter()
     try:
         p = plan(rest, data=data, fit=fit, profile=profile if rest.kind == "time" else None,
-                 calibrate=rest.kind == "time")
-        if budget.kind == "time":
-            # what the timing did not use of its reserve goes back to the run: plan again for
-            # the time really left (the steps timed above are not timed again)
-            left = float(budget.seconds) - pilot_seconds - EXIT_RESERVE_S
-            left -= time.perf_counter() - t0
-            if left > float(rest.seconds) + 1.0:
-                p = plan(Budget(seconds=left), data=data, fit=fit, profile=profile,
-                         calibrate=True)
+                 calibrate=rest.kind == "time", spend_planning=rest.kind == "time")
     except UserError as exc:
         return None, f"planning the rest failed: {exc}"
     return p, None

@@ -1118,6 +1118,7 @@ def plan(
     family: str = "gpt",
     seed: int = 0,
     calibrate_top: int = 3,
+    spend_planning: bool = False,
 ) -> Plan:
     """Rank candidate configurations for `budget`; see the module docstring.
 
@@ -1127,6 +1128,8 @@ def plan(
     profile: a HardwareProfile to plan on instead of this machine's / the named GPU's.
     calibrate: time real steps of the best few candidates (--time budgets only; default on for
     those when this machine's profile is used).
+    spend_planning: a --time budget that counts from now: the time this planning takes (the
+    timing of steps above all) comes out of the run's wall time.
     """
     t0 = time.perf_counter()
     if family != "gpt":
@@ -1183,13 +1186,19 @@ def plan(
         ok.sort(key=lambda c: _rank_key(c, tgt.device))
         return ok, bad
 
+    t_finish = time.perf_counter()
     ranked, too_small = finish_all()
+    t_finish = time.perf_counter() - t_finish
     calibrated: list[str] = []
     if calibrate is None:
         calibrate = tgt.kind == "time" and not explicit_profile
     busy = None
     if calibrate and tgt.kind == "time" and ranked:
         calibrated = _calibrate_and_rescale(setups, ranked, ctx, calibrate_top)
+        if spend_planning and tgt.wall_seconds is not None:
+            # what planning took so far, and the ranking below once more
+            spent = time.perf_counter() - t0 + t_finish
+            tgt.wall_seconds = max(1.0, tgt.wall_seconds - spent)
         ranked, too_small = finish_all()
         busy = _busy(tgt)
     infeasible += too_small

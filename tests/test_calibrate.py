@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from budgetlm import scaling
 from budgetlm.calibrate import (
     EXIT_RESERVE_S,
-    PLAN_RESERVE_S,
     _plan_rest,
     _read_records,
     calibrate,
@@ -164,20 +163,22 @@ def test_plan_fit_and_train_record_predicted_vs_actual(calibrated: dict, tmp_pat
     assert pred["inside"] == (pred["loss_lo"] <= res["val_loss"] <= pred["loss_hi"])
 
 
-def test_time_plan_gets_what_its_timing_left_of_the_reserve(calibrated: dict) -> None:
-    from budgetlm import hardware
+def test_time_plan_gives_the_run_what_planning_left(calibrated: dict,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from budgetlm import hardware, planner
 
+    monkeypatch.setattr(planner, "_TIMED", {})  # time real steps now, as a fresh process does
     fit = json.loads(calibrated["out"].read_text())
     t0 = time.perf_counter()
     p, note = _plan_rest(Budget(seconds=120), DATA, fit, 10.0,
                          hardware.cached_profile() or hardware.load_profile())
     took = time.perf_counter() - t0
     assert note is None and p is not None
-    given = float(p.budget.seconds)
-    # planned for the time really left: more than the reserve would leave, no more than is left
-    assert 120 - 10 - PLAN_RESERVE_S < given <= 120 - 10 - EXIT_RESERVE_S
-    assert given >= 120 - 10 - EXIT_RESERVE_S - took - 0.5
+    given = float(p.target.wall_seconds)
+    # the run gets what is left once the planning (which timed real steps) is done
+    assert 120 - 10 - EXIT_RESERVE_S - took - 0.5 <= given < 120 - 10 - EXIT_RESERVE_S
     assert p.top.seconds <= given * 1.001
+    assert p.config(0).train.max_time == pytest.approx(given)
 
 
 def test_report_fit_writes_png(calibrated: dict, tmp_path: Path) -> None:
