@@ -872,12 +872,6 @@ def measure_throughput(
     device = "cuda" if ctx.target.device == "cuda" and torch.cuda.is_available() else "cpu"
     out: dict[str, float] = {}
     for c in cands:
-        key = (c.shape, c.seq_len, c.vocab_size, ctx.family, ctx.optimizer, c.checkpointing,
-               c.micro_batch, c.grad_accum, c.precision, c.devices, device,
-               torch.get_num_threads())
-        if key in _TIMED:  # timed already in this process (e.g. a plan made again)
-            out[c.name] = _TIMED[key]
-            continue
         if deadline is not None and time.perf_counter() > deadline:
             break
         m = _model(c.shape, c.seq_len, c.vocab_size, ctx.family)
@@ -897,13 +891,9 @@ def measure_throughput(
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.precision)
         times = _time_steps(torch, model, opt, batch, dtype, device, c.grad_accum, steps)
         out[c.name] = c.devices * c.micro_batch * c.grad_accum * c.seq_len / min(times)
-        _TIMED[key] = out[c.name]
         del model, opt
     return out
 
-
-# tokens/s measured by measure_throughput in this process, by everything that sets it
-_TIMED: dict[tuple[Any, ...], float] = {}
 
 
 # ---------------------------------------------------------------------------------------------
