@@ -50,7 +50,7 @@ def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
 
 
 def _seconds(text: str) -> float:
-    from budgetlm.planner import parse_duration
+    from budgetlm.units import parse_duration
 
     return parse_duration(text)
 

@@ -46,7 +46,7 @@ def reevaluate(run_dir: Path) -> tuple[float, float, int]:
     from budgetlm.config import load_config
     from budgetlm.data import bits_per_byte, load_corpus, val_batches
     from budgetlm.model import build_model
-    from budgetlm.rundir import RunDir, load_checkpoint
+    from budgetlm.train.rundir import RunDir, load_checkpoint
 
     cfg = load_config(str(run_dir / "config.yaml"))
     corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len)

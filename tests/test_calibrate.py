@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
 from budgetlm.calibrate import (
     EXIT_RESERVE_S,
     _plan_rest,
@@ -29,7 +29,7 @@ from budgetlm.calibrate import (
 )
 from budgetlm.cli import app
 from budgetlm.config import DataConfig
-from budgetlm.planner import Budget, plan
+from budgetlm.plan import Budget, plan
 
 DATA = DataConfig(source="builtin:pystdlib", tokenizer="byte")
 # a FLOP budget small enough that nine pilots take seconds on one thread

@@ -1,4 +1,4 @@
-"""Compression-rate ceilings of a token stream (budgetlm.entropy)."""
+"""Compression-rate ceilings of a token stream (budgetlm.laws.entropy)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from budgetlm.entropy import compression_rates, entropy_bound
+from budgetlm.laws.entropy import compression_rates, entropy_bound
 
 
 def test_random_bytes_do_not_compress_and_repeats_do() -> None:

@@ -1,4 +1,4 @@
-"""budgetlm.fitreport: reading fit.json, the summary rows, the rich tables and the PNG."""
+"""budgetlm.calibrate.report: reading fit.json, the summary rows, the rich tables and the PNG."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from budgetlm import fitreport, scaling
+from budgetlm import laws as scaling
+from budgetlm.calibrate import report as fitreport
 from budgetlm.errors import UserError
 
 LAW = {"form": "chinchilla", "E": 1.1, "A": 50.0, "B": 90.0, "alpha": 0.34, "beta": 0.3}

@@ -1,4 +1,4 @@
-"""Fitting Kaplan et al.'s L(N, D) (budgetlm.kaplanfit): recovery, gradient, intervals."""
+"""Fitting Kaplan et al.'s L(N, D) (budgetlm.laws.fitting.kaplan): recovery, gradient, intervals."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
 from budgetlm.errors import UserError
-from budgetlm.kaplanfit import KaplanFit, _objective, fit_kaplan, kaplan_loss
+from budgetlm.laws.fitting.kaplan import KaplanFit, _objective, fit_kaplan, kaplan_loss
 
 # (n_c, d_c, alpha_n, alpha_d): Kaplan et al.'s Table 2 values, and a pilot-sized law of the
 # kind budgetlm calibrate fits on a byte-level corpus (N 20K-300K, D 0.2M-6M).

@@ -1,4 +1,4 @@
-"""Fitting the Chinchilla-form law to runs (budgetlm.lawfit): recovery, robustness, intervals."""
+"""Fitting the Chinchilla-form law to runs (budgetlm.laws.fitting.chinchilla): recovery, robustness, intervals."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
 from budgetlm.errors import UserError
-from budgetlm.lawfit import PARAM_NAMES, LawFit, fit_law
+from budgetlm.laws.fitting.chinchilla import PARAM_NAMES, LawFit, fit_law
 
 # Two known laws: one with a large data term, and Epoch AI's refit of Chinchilla (§5 of DESIGN).
 LAW_1 = (1.8, 400.0, 1200.0, 0.34, 0.28)
@@ -222,7 +222,7 @@ def test_bad_options_are_user_errors(kwargs: dict[str, float]) -> None:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, budgetlm.lawfit; sys.exit('torch' in sys.modules)"
+    code = "import sys, budgetlm.laws.fitting.chinchilla; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

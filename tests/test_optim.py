@@ -475,7 +475,7 @@ def test_set_lr_scales_every_group_from_base_lr() -> None:
 
 
 def test_muon_matches_torch_muon_in_bf16_and_runs_fp32_on_cpu() -> None:
-    from budgetlm.muon import Muon
+    from budgetlm.optim.muon import Muon
 
     torch.manual_seed(0)
     w0 = torch.randn(6, 4)

@@ -13,11 +13,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from budgetlm import hardware, planner, scaling
+from budgetlm import hardware, units
+from budgetlm import laws as scaling
+from budgetlm import plan as planner
 from budgetlm.cli import app
 from budgetlm.config import DataConfig, load_config
 from budgetlm.errors import UserError
-from budgetlm.planner import Budget, plan
+from budgetlm.plan import Budget, plan
 
 runner = CliRunner()
 GiB = 2**30
@@ -116,7 +118,7 @@ def test_cli_gpu_hours_is_fast_and_torch_free() -> None:
     assert min(cpus) < 1.5, (cpus, walls)
     assert min(walls) < 6.0, walls
     code = (
-        "import sys; from budgetlm.planner import plan, Budget; "
+        "import sys; from budgetlm.plan import plan, Budget; "
         "plan(Budget(gpu_hours=8, gpu='h100-sxm')); plan(Budget(flops=1e20)); "
         "assert 'torch' not in sys.modules"
     )
@@ -223,14 +225,14 @@ def test_a_dtype_without_a_measured_peak_is_not_planned() -> None:
 
 
 def test_time_budget_reads_durations() -> None:
-    assert planner.parse_duration("10m") == 600
-    assert planner.parse_duration("90s") == 90
-    assert planner.parse_duration("1h30m") == 5400
-    assert planner.parse_duration("45") == 45
-    assert planner.parse_duration("1.5h") == 5400
+    assert units.parse_duration("10m") == 600
+    assert units.parse_duration("90s") == 90
+    assert units.parse_duration("1h30m") == 5400
+    assert units.parse_duration("45") == 45
+    assert units.parse_duration("1.5h") == 5400
     for bad in ("abc", "0", "-5m", "10x", "1h30"):
         with pytest.raises(UserError, match="--time"):
-            planner.parse_duration(bad)
+            units.parse_duration(bad)
 
 
 def test_time_plan_is_a_time_capped_annealed_config(cpu_machine: object) -> None:

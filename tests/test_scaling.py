@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
+from budgetlm import units
 from budgetlm.errors import UserError
 
 
@@ -110,12 +111,12 @@ def test_context_heuristic_shrinks_with_context() -> None:
 
 
 def test_parse_number() -> None:
-    assert scaling.parse_number("1e19", "--flops") == 1e19
-    assert scaling.parse_number("8B", "--tokens") == 8e9
-    assert scaling.parse_number("400M", "--tokens") == 4e8
-    assert scaling.parse_number("1_000", "--tokens") == 1000
+    assert units.parse_number("1e19", "--flops") == 1e19
+    assert units.parse_number("8B", "--tokens") == 8e9
+    assert units.parse_number("400M", "--tokens") == 4e8
+    assert units.parse_number("1_000", "--tokens") == 1000
     with pytest.raises(UserError, match="--flops"):
-        scaling.parse_number("lots", "--flops")
+        units.parse_number("lots", "--flops")
 
 
 def test_kaplan_closed_form_optimum_matches_a_numeric_search() -> None:

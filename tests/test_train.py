@@ -9,8 +9,8 @@ import torch
 
 from budgetlm.config import OPTIMIZERS, RunConfig, load_config
 from budgetlm.errors import UserError
-from budgetlm.train import train
-from budgetlm.trainloop import StopRun
+from budgetlm.train.api import train
+from budgetlm.train.loop import StopRun
 
 MARKOV = "synthetic:markov:order=1,vocab=16,seed=0,tokens=200000"
 

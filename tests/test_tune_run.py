@@ -1,6 +1,6 @@
 """Studies that run real trials (a tiny GPT on a synthetic Markov source, 2 s caps).
 
-Each trial is a child process (`python -m budgetlm.tune.child`), so these tests cost a few
+Each trial is a child process (`python -m budgetlm.runner.child`), so these tests cost a few
 seconds each; they share one hardware profile and one token cache (the session cache dir).
 Faults are injected through the child's test hook (`meta.fault`, see budgetlm/tune/child.py).
 """
@@ -183,7 +183,7 @@ def test_faults_are_recorded_with_their_reason_and_the_study_finishes(
         assert not (tmp_path / "runs" / "faults" / "trials" / str(i)).exists()
     assert "pruning stopped no trial early" in res.output and "0 complete" not in res.output
     leftovers = [p for p in children_of(os.getpid())
-                 if b"budgetlm.tune.child" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                 if b"budgetlm.runner.child" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert not leftovers
 
 
@@ -245,7 +245,7 @@ def test_pareto_study_with_two_workers_on_a_journal(
     monkeypatch.chdir(tmp_path)
     path = study_file(
         tmp_path, "front",
-        launcher="spawn",  # a fresh `python -m budgetlm.tune.child` per trial
+        launcher="spawn",  # a fresh `python -m budgetlm.runner.child` per trial
         storage="journal:runs/front/journal.log",
         objective=["val_bpb", "cost"],
         trial_cap={"tokens": 20480},

@@ -266,7 +266,7 @@ def test_export_turns_a_time_cap_into_the_tokens_reached(tmp_path: Path, monkeyp
 
 
 def test_plots_are_self_contained_svg() -> None:
-    from budgetlm import plots
+    from budgetlm.tune import plots
 
     svg = plots.chart(
         [plots.Series("a", [(1, 2.0), (2, 1.5), (3, 1.7)], labels=["x", "y", "z"]),
@@ -302,7 +302,7 @@ def test_plots_are_self_contained_svg() -> None:
     (130, None, "", "fail", "interrupted", "interrupted"),
 ])
 def test_classify_exit(rc, result, stderr, state, kind, needle) -> None:
-    from budgetlm.tune.runner import classify_exit
+    from budgetlm.runner.process import classify_exit
 
     out = classify_exit(rc, result, stderr)
     assert (out.state, out.kind) == (state, kind)

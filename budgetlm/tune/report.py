@@ -267,7 +267,7 @@ def saved_line(s: dict[str, Any]) -> str:
 def html_report(study: Study, obj: Any, s: dict[str, Any]) -> str:
     from optuna.trial import TrialState
 
-    from budgetlm import plots
+    from budgetlm.tune import plots
 
     spec = study.spec
     trials = all_trials(obj)

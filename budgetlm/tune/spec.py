@@ -273,7 +273,7 @@ class StudySpec(_Strict):
     launcher: Literal["fork", "spawn"] = Field(
         "fork",
         description="fork: trials are forked from a server that imported torch once (Linux; "
-        "saves seconds per trial); spawn: a fresh `python -m budgetlm.tune.child` per trial",
+        "saves seconds per trial); spawn: a fresh `python -m budgetlm.runner.child` per trial",
     )
     evals: int | None = Field(
         10, ge=1,

@@ -29,8 +29,8 @@ from typing import Any
 
 from budgetlm.config import with_overrides
 from budgetlm.errors import UserError
+from budgetlm.runner.process import Outcome, run_trial_process
 from budgetlm.tune import storage as st
-from budgetlm.tune.runner import Outcome, run_trial_process
 from budgetlm.tune.spec import AXIS_SCALE, CategoricalParam, FloatParam, Study
 from budgetlm.tune.trials import build_trial_config, infeasible, short_params
 
@@ -198,7 +198,7 @@ class Tuner:
     # -- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
         from budgetlm.hardware import load_profile
-        from budgetlm.tune.launch import make_launcher, ready
+        from budgetlm.runner.launch import make_launcher, ready
 
         spec = self.spec
         self.study.outdir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +242,7 @@ class Tuner:
         """The fork server, or spawning if it has died (it should not; a trial cannot kill it)."""
         dead = getattr(self.launcher, "dead", None)
         if dead is not None and dead():
-            from budgetlm.tune.launch import SpawnLauncher
+            from budgetlm.runner.launch import SpawnLauncher
 
             self.notes.append("the trial fork server died; trials are spawned from now on")
             self.launcher = SpawnLauncher()

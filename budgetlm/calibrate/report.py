@@ -30,7 +30,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
 from budgetlm.errors import UserError
 
 KIND = "budgetlm-fit"

@@ -1,7 +1,7 @@
 """Run one trial in its own process, watch it, and say how it ended.
 
-The child is `python -m budgetlm.tune.child trial.yaml --run-dir DIR` (= `budgetlm train … --json
---quiet` that dies with its parent), spawned or forked from a warm server (budgetlm.tune.launch).
+The child is `python -m budgetlm.runner.child trial.yaml --run-dir DIR` (= `budgetlm train … --json
+--quiet` that dies with its parent), spawned or forked from a warm server (budgetlm.runner.launch).
 It runs in its own session, so a Ctrl-C at the terminal
 reaches only the tuner, which then ends its children itself. While it runs, the parent tails
 `DIR/metrics.jsonl`: each eval record goes to `report` (the pruner); when `report` answers with
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.config import RunConfig, dump_config
-from budgetlm.tune.launch import Handle, SpawnLauncher
+from budgetlm.runner.launch import Handle, SpawnLauncher
 from budgetlm.tune.spec import TrialCap
 
 TERM_WAIT = 3.0  # seconds between SIGTERM and SIGKILL

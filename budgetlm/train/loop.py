@@ -14,7 +14,7 @@ from budgetlm.config import RunConfig, with_overrides
 from budgetlm.errors import UserError
 
 if TYPE_CHECKING:
-    from budgetlm.train import TrainResult, _Run
+    from budgetlm.train.api import TrainResult, _Run
 
 
 class StopRun(Exception):
@@ -78,7 +78,7 @@ def evaluate(s: _Run, model: Any, mb: int) -> tuple[float, float]:
 
     from budgetlm.data import bits_per_byte, val_batches
     from budgetlm.model import mlm_mask
-    from budgetlm.train import autocast_ctx
+    from budgetlm.train.api import autocast_ctx
 
     cfg = s.cfg
     was_training = model.training
@@ -106,7 +106,7 @@ def _fits(s: _Run, model: Any, opt: Any, mb: int) -> float | None:
     """Tokens/s of two full steps at micro-batch `mb`, or None when it runs out of memory."""
     import torch
 
-    from budgetlm.train import autocast_ctx
+    from budgetlm.train.api import autocast_ctx
 
     try:
         times = []
@@ -159,8 +159,8 @@ def run_loop(s: _Run) -> TrainResult:
 
     from budgetlm.model import build_model
     from budgetlm.optim import build_optimizer, clip_grad_norm, lr_factor, set_lr
-    from budgetlm.rundir import load_checkpoint
-    from budgetlm.train import TrainResult, autocast_ctx
+    from budgetlm.train.api import TrainResult, autocast_ctx
+    from budgetlm.train.rundir import load_checkpoint
 
     cfg, t = s.cfg, s.cfg.train
     torch.manual_seed(cfg.seed)
@@ -208,7 +208,7 @@ def run_loop(s: _Run) -> TrainResult:
         if s.dist.main:
             s.run.truncate_metrics(c.step)
     elif s.dist.main:
-        from budgetlm.rundir import environment
+        from budgetlm.train.rundir import environment
 
         s.run.create(cfg, environment(s.profile.to_dict() if s.profile else None))
         s.corpus.tokenizer.save(s.run.path / "tokenizer")

@@ -14,17 +14,17 @@ not transfer. Teams that train well fit their own law on small runs first (Hoffm
    the levels are scaled so the pilots' predicted wall time (throughput timed on this machine,
    plus a per-pilot overhead) fills PLAN_SHARE of the pilot budget; before each level the rest
    are scaled down again if the pilots so far ran slower than predicted.
-2. Pilots run one at a time through the tuner's trial runner (`budgetlm.tune.runner`: a forked
+2. Pilots run one at a time through the tuner's trial runner (`budgetlm.runner.process`: a forked
    or spawned child per run, a hard time limit, a stall watchdog). Each finished pilot is
    appended to `pilots.jsonl` in the state directory; re-running the same command reuses them
    (the design is saved in `design.json`, so a rerun asks for exactly the same pilots).
 3. Fit. L(N, D) = E + A/N^alpha + B/D^beta on (total parameters, effective tokens, final
    validation loss in nats/token): Huber loss on log-loss from many starts, bootstrap intervals
-   (`budgetlm.lawfit`). Repeated epochs enter as Muennighoff et al.'s effective data D'. E is
-   held at or below the best compression rate of the validation tokens (`budgetlm.entropy`):
+   (`budgetlm.laws.fitting.chinchilla`). Repeated epochs enter as Muennighoff et al.'s effective data D'. E is
+   held at or below the best compression rate of the validation tokens (`budgetlm.laws.entropy`):
    pilots' loss curves flatten early, and a free fit reads that as a floor (E = 1.63 nats/byte
    on builtin:pystdlib, above what bz2 gets, 1.10, and what a 20-minute run then reached, 1.33).
-   Kaplan et al.'s form, with no floor, is fitted to the same pilots (`budgetlm.kaplanfit`).
+   Kaplan et al.'s form, with no floor, is fitted to the same pilots (`budgetlm.laws.fitting.kaplan`).
 4. Plan. The rest of the budget (total minus the pilots' measured wall time) is planned from the
    fitted laws at the pilots' sequence length and precision. Nine pilots cannot tell the two
    forms apart, and far beyond the pilots they disagree, so a prediction is their geometric mean
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
 from budgetlm.config import DataConfig, RunConfig, validate
 from budgetlm.errors import UserError
 
@@ -181,7 +181,7 @@ class _Designer:
 
     def __init__(self, budget: Any, data: DataConfig, profile: Any, corpus: Any, seq_len: int,
                  precision: str, seed: int):
-        from budgetlm import planner
+        from budgetlm import plan as planner
 
         self.pl = planner
         self.budget = budget
@@ -324,7 +324,7 @@ def _batch_tag(p: Pilot) -> str:
 def _time_pilots(designer: _Designer, pilots: list[Pilot], cache: dict[str, float]) -> None:
     """Measured tokens/s of each pilot's (shape, micro-batch, accumulation) on this machine, each
     timed once (`cache`), and its predicted wall seconds (`_predicted_seconds`)."""
-    from budgetlm import planner as pl
+    from budgetlm import plan as pl
 
     todo: dict[str, Any] = {}
     for p in pilots:
@@ -523,8 +523,8 @@ def calibrate(
     earlier = spent - (d.design_seconds if designed_now else 0.0)
     ran = 0
     notes = list(d.notes)
-    from budgetlm.tune.launch import make_launcher, ready
-    from budgetlm.tune.runner import run_trial_process
+    from budgetlm.runner.launch import make_launcher, ready
+    from budgetlm.runner.process import run_trial_process
     from budgetlm.tune.spec import TrialCap
 
     launcher = None
@@ -632,7 +632,7 @@ class CalibrationInterrupted(KeyboardInterrupt):
 
 def _default_seq_len(budget: Any, data: DataConfig, profile: Any, precision: str) -> int:
     """The sequence length the prior plan picks for the whole budget (uncalibrated: instant)."""
-    from budgetlm.planner import plan
+    from budgetlm.plan import plan
 
     try:
         p = plan(budget, data=data, profile=profile if budget.kind == "time" else None,
@@ -644,9 +644,9 @@ def _default_seq_len(budget: Any, data: DataConfig, profile: Any, precision: str
 
 def _fit(d: Design, records: dict[str, dict[str, Any]], corpus: Any, data: DataConfig,
          budget: Any, fraction: float, bootstrap: int, seed: int) -> dict[str, Any]:
-    from budgetlm.entropy import entropy_bound
-    from budgetlm.kaplanfit import fit_kaplan
-    from budgetlm.lawfit import fit_law
+    from budgetlm.laws.entropy import entropy_bound
+    from budgetlm.laws.fitting.chinchilla import fit_law
+    from budgetlm.laws.fitting.kaplan import fit_kaplan
 
     unique = int(len(corpus.train))
     rows = []
@@ -717,7 +717,7 @@ def _plan_rest(budget: Any, data: DataConfig, fit: dict[str, Any], pilot_seconds
                profile: Any) -> tuple[Any, str | None]:
     """Plan what the pilots left of the budget from the fitted law. `pilot_seconds`: the wall
     time calibrate has used so far (earlier invocations' pilots included)."""
-    from budgetlm.planner import Budget, plan
+    from budgetlm.plan import Budget, plan
 
     if budget.kind == "flops":
         used = sum(float(p.get("flops") or 0.0) for p in fit["pilots"])

@@ -522,15 +522,3 @@ def interpolate(x: float, pts: list[tuple[float, float]]) -> float:
         if x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return pts[-1][1]
-
-
-def parse_number(text: str, what: str) -> float:
-    """'1e19', '2.5e9', '8B', '400M', '1.5T', '20k' -> float; UserError naming `what` otherwise."""
-    s = str(text).strip().replace("_", "").replace(",", "")
-    mult = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12, "p": 1e15}
-    try:
-        if s and s[-1].lower() in mult and not s.lower().endswith("e"):
-            return float(s[:-1]) * mult[s[-1].lower()]
-        return float(s)
-    except ValueError:
-        raise UserError(f"{what}: expected a number like 1e19 or 8B, got {text!r}") from None

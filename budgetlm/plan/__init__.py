@@ -21,7 +21,7 @@ fit and finish. The steps:
    still takes PRIOR_MIN_STEPS steps); AdamW (0.9, 0.95 — 0.99 for small batches, as nanoGPT);
    a WSD schedule (Hägele et al. 2024) to zero, driven by the binding cap so the run ends
    annealed.
-5. Prediction: L(N, D) of the chosen prior (`budgetlm.scaling`), with repeated epochs priced by
+5. Prediction: L(N, D) of the chosen prior (`budgetlm.laws`), with repeated epochs priced by
    Muennighoff et al. 2023, plus a small labelled context-length heuristic; ranked lowest first.
 
 Nothing here imports torch except `calibrate_candidates` (only for `--time` budgets on this
@@ -35,13 +35,12 @@ import functools
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetlm import scaling
+from budgetlm import laws as scaling
 from budgetlm.config import (
     PRECISIONS,
     DataConfig,
@@ -53,6 +52,7 @@ from budgetlm.config import (
     dump_config,
 )
 from budgetlm.errors import UserError
+from budgetlm.units import parse_duration  # noqa: F401  (re-exported)
 
 REFERENCE_GPU = "h100-sxm"
 DEFAULT_GPU_VOCAB = 32768  # a 32k BPE when no data is given (Chinchilla used a 32k vocabulary)
@@ -83,38 +83,6 @@ _WIDTHS = (
 
 # ---------------------------------------------------------------------------------------------
 # Budgets
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|m|s|ms)?", re.IGNORECASE)
-_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, None: 1.0}
-
-
-def parse_duration(text: str | float, what: str = "--time") -> float:
-    """'10m', '90s', '1h30m', '2.5h', '45' (plain seconds) -> seconds; UserError otherwise."""
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower().replace(" ", "")
-        if s.startswith("-"):
-            raise UserError(f"{what}: must be positive, got {text!r}")
-        pos, seconds, parts = 0, 0.0, 0
-        while pos < len(s):
-            m = _DURATION_PART.match(s, pos)
-            if not m or m.end() == pos:
-                raise UserError(
-                    f"{what}: cannot read {text!r}; expected a duration like 10m, 90s, 1h30m or "
-                    "plain seconds"
-                )
-            unit = m.group(2).lower() if m.group(2) else None
-            if unit is None and (m.end() < len(s) or parts > 0):
-                raise UserError(f"{what}: cannot read {text!r}; put a unit on each part (1h30m)")
-            seconds += float(m.group(1)) * _UNIT_SECONDS[unit]
-            pos, parts = m.end(), parts + 1
-        if parts == 0:
-            raise UserError(f"{what}: empty duration")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise UserError(f"{what}: must be positive, got {text!r}")
-    return seconds
 
 
 def _positive(value: float | None, what: str) -> float | None:

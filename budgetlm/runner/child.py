@@ -1,5 +1,5 @@
-"""One trial's process: `python -m budgetlm.tune.child TRIAL.yaml --run-dir DIR` (or the same
-`main` in a child forked by the tuner's fork server, see budgetlm.tune.launch).
+"""One trial's process: `python -m budgetlm.runner.child TRIAL.yaml --run-dir DIR` (or the same
+`main` in a child forked by the tuner's fork server, see budgetlm.runner.launch).
 
 Exactly `budgetlm train TRIAL.yaml --run-dir DIR --json --quiet`, plus two things the tuner needs:
 
@@ -119,7 +119,7 @@ def install_fault(spec: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3 or args[1] != "--run-dir":
-        raise SystemExit("usage: python -m budgetlm.tune.child TRIAL.yaml --run-dir DIR")
+        raise SystemExit("usage: python -m budgetlm.runner.child TRIAL.yaml --run-dir DIR")
     die_with_parent()
     trial_yaml, _, run_dir = args
     fault = _fault_spec(trial_yaml)

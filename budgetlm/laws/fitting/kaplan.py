@@ -5,14 +5,14 @@ Form (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", eq. 1.5):
     L(N, D) = [ (N_c / N)^(alpha_N / alpha_D) + D_c / D ]^alpha_D
 
 No irreducible term: the loss is a power law in whichever of N and D limits it. It is not
-separable in N and D the way the Chinchilla form (`budgetlm.lawfit`) is: a bigger model needs more
+separable in N and D the way the Chinchilla form (`budgetlm.laws.fitting.chinchilla`) is: a bigger model needs more
 data before its size shows. Small pilots cannot tell the two forms apart (both fit nine pilots
 within their run-to-run scatter), yet forty-fold beyond the pilots they disagree by tens of
 percent, because the Chinchilla form puts a floor E under the pilots' flattening curves and this
 one does not. `budgetlm calibrate` fits both and predicts with the two together (see
-`budgetlm.scaling.law_from_fit`): how far apart they are is part of the prediction's interval.
+`budgetlm.laws.law_from_fit`): how far apart they are is part of the prediction's interval.
 
-Objective: as `budgetlm.lawfit`, Hoffmann et al.'s Huber loss (delta 1e-3) on the log-space
+Objective: as `budgetlm.laws.fitting.chinchilla`, Hoffmann et al.'s Huber loss (delta 1e-3) on the log-space
 residual, scaled by 1/delta^2; theta = (c, g, alpha_N, alpha_D) with centred logs
 (c = log N_c - mean log N, g = log D_c - mean log D), so that
 
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from budgetlm.errors import UserError
-from budgetlm.lawfit import (
+from budgetlm.laws import interval_about
+from budgetlm.laws.fitting.chinchilla import (
     EXPONENT_BOUNDS,
     _blas_single_thread,
     _check_level,
@@ -41,7 +42,6 @@ from budgetlm.lawfit import (
     _validate,
     multistart_fit,
 )
-from budgetlm.scaling import interval_about
 
 PARAM_NAMES: tuple[str, ...] = ("n_c", "d_c", "alpha_n", "alpha_d")
 _N_THETA = 4

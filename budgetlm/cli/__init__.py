@@ -248,8 +248,8 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a GPT or BERT-style model under caps; writes a run directory."""
-    from budgetlm.train import resolve_train_config
-    from budgetlm.train import train as run_train
+    from budgetlm.train.api import resolve_train_config
+    from budgetlm.train.api import train as run_train
 
     cfg = resolve_train_config(
         config,
@@ -302,7 +302,7 @@ def sample(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Generate text from a trained GPT run."""
-    from budgetlm.train import sample_text
+    from budgetlm.train.api import sample_text
 
     text = sample_text(
         run_dir, prompt=prompt, max_new_tokens=tokens, temperature=temperature, top_k=top_k,
@@ -380,8 +380,8 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front."""
-    from budgetlm.planner import plan as run_plan
-    from budgetlm.scaling import parse_number
+    from budgetlm.plan import plan as run_plan
+    from budgetlm.units import parse_number
 
     budget = _budget(gpu_hours, flops, time_budget, cost, price, gpu, gpus)
     fit = _load_fit(fit_file) if fit_file is not None else None
@@ -427,8 +427,8 @@ def plan(
 
 def _budget(gpu_hours: str | None, flops: str | None, time_budget: str | None,
             cost: str | None, price: str | None, gpu: str | None, gpus: str) -> Any:
-    from budgetlm.planner import Budget, parse_duration
-    from budgetlm.scaling import parse_number
+    from budgetlm.plan import Budget
+    from budgetlm.units import parse_duration, parse_number
 
     def num(text: str | None, flag: str) -> float | None:
         return None if text is None else parse_number(text, flag)
@@ -448,7 +448,7 @@ def _budget(gpu_hours: str | None, flops: str | None, time_budget: str | None,
 
 
 def _load_fit(path: Path) -> dict[str, Any]:
-    from budgetlm.fitreport import load_fit
+    from budgetlm.calibrate.report import load_fit
 
     return load_fit(path)
 
@@ -605,7 +605,7 @@ def calibrate(
     """Fit this corpus's scaling law from pilot runs on IsoFLOP profiles; plan the rest from it."""
     from budgetlm.calibrate import CalibrationInterrupted
     from budgetlm.calibrate import calibrate as run_calibrate
-    from budgetlm.fitreport import render_fit
+    from budgetlm.calibrate.report import render_fit
 
     budget = _budget(gpu_hours, flops, time_budget, None, None, None, "1")
     data_cfg = _plan_data(data, tokenizer)
@@ -706,7 +706,7 @@ def report(
 ) -> None:
     """Summarize a study (best trial, Pareto front, pruning) or a fit (IsoFLOP curves, PNG)."""
     if study_file.suffix == ".json":
-        from budgetlm.fitreport import report_fit
+        from budgetlm.calibrate.report import report_fit
 
         got = report_fit(study_file, png=png, console=None if json_out else console)
         if json_out:

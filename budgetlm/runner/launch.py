@@ -1,13 +1,13 @@
 """How a trial's process is started: spawned fresh, or forked from a warm server.
 
-`spawn`: `python -m budgetlm.tune.child TRIAL.yaml --run-dir DIR`, a new interpreter per trial.
+`spawn`: `python -m budgetlm.runner.child TRIAL.yaml --run-dir DIR`, a new interpreter per trial.
 Importing torch (and the torch._dynamo that torch.optim pulls in) costs 3-5 s of CPU each time,
 which on a laptop is a large share of a short trial.
 
 `fork` (default on Linux): one server process per tuner imports torch and budgetlm once and
 forks a child per trial. The child is still its own process — its own session (setsid), a crash
 or OOM kill takes only it down, it dies with the server (PR_SET_PDEATHSIG), and the server dies
-with the tuner — and it runs exactly what `spawn` runs (`budgetlm.tune.child.main`). The server
+with the tuner — and it runs exactly what `spawn` runs (`budgetlm.runner.child.main`). The server
 never runs a torch operation or initializes CUDA, so nothing unsafe crosses the fork; it is
 single-threaded (a select loop that also reaps the children and reports their exit codes).
 
@@ -47,7 +47,7 @@ class SpawnLauncher:
         pass
 
     def start(self, argv: list[str], env: dict[str, str], stdout: Path, stderr: Path) -> Handle:
-        cmd = [sys.executable, "-m", "budgetlm.tune.child", *argv]
+        cmd = [sys.executable, "-m", "budgetlm.runner.child", *argv]
         with stdout.open("wb") as out, stderr.open("wb") as err:
             return subprocess.Popen(
                 cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
@@ -95,7 +95,7 @@ class ForkLauncher:
         server_env["BUDGETLM_TUNE_PARENT"] = str(os.getpid())
         self._log = (log.open("ab") if log is not None else subprocess.DEVNULL)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "budgetlm.tune.launch"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "budgetlm.runner.launch"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._log, env=server_env, close_fds=True,
         )
         self._lock = threading.Lock()
@@ -280,8 +280,8 @@ def serve() -> None:
     import budgetlm.hardware  # noqa: F401
     import budgetlm.model  # noqa: F401
     import budgetlm.optim  # noqa: F401
-    import budgetlm.train  # noqa: F401
-    import budgetlm.trainloop  # noqa: F401
+    import budgetlm.train.api  # noqa: F401
+    import budgetlm.train.loop  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tuner handles Ctrl-C and closes stdin
     me = os.getpid()

@@ -21,7 +21,7 @@ from typing import Any
 
 from budgetlm.config import RunConfig, load_config, with_overrides
 from budgetlm.errors import UserError
-from budgetlm.rundir import RunDir, default_run_dir, load_checkpoint
+from budgetlm.train.rundir import RunDir, default_run_dir, load_checkpoint
 
 
 @dataclass
@@ -242,7 +242,7 @@ def train(
     `on_eval` receives each eval record (step, tokens, elapsed, val_loss, val_bpb); raising
     KeyboardInterrupt from it stops the run as Ctrl-C would (checkpoint saved, status interrupted).
     """
-    from budgetlm.trainloop import run_loop
+    from budgetlm.train.loop import run_loop
 
     if not cfg.train.has_cap and resume is None:
         raise UserError(

@@ -19,7 +19,7 @@ Optimizer. L-BFGS-B (scipy.optimize.minimize) with the analytic gradient (Hoffma
 L-BFGS). Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt", Epoch AI) found
 that the published approach-3 constants do not fit the paper's own data because "the optimizer
 ... stopped before convergence due to a poor choice of loss scale" (their refit moved E, B and
-beta a lot: see `budgetlm.scaling.EPOCH`), and that the reported confidence intervals were so
+beta a lot: see `budgetlm.laws.EPOCH`), and that the reported confidence intervals were so
 narrow they would need over 600,000 runs rather than the ~400 made. Both lessons are applied
 here: the objective is scaled by 1/delta^2 (O(1) rather than O(1e-6), so L-BFGS-B's relative
 stopping test does not fire at once) and run to tight tolerances, and the uncertainty comes
@@ -77,7 +77,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from budgetlm.errors import UserError
-from budgetlm.scaling import interval_about
+from budgetlm.laws import interval_about
 
 PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
 EXPONENT_BOUNDS: tuple[float, float] = (0.01, 2.5)
@@ -139,7 +139,7 @@ class LawFit:
         uncertainty (percentiles of the bootstrap predictions) with the scatter of single runs
         (residual_std in log space at the normal quantile of `level`), in quadrature on each side.
 
-        The combination is `budgetlm.scaling.interval_about`, the one the planner uses for
+        The combination is `budgetlm.laws.interval_about`, the one the planner uses for
         every candidate of a plan made from a fit. `level` defaults to the fit's level. Without
         bootstrap refits the interval is the single-run scatter alone.
         """

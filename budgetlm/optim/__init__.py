@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from budgetlm.config import OptimConfig, ScheduleConfig
-from budgetlm.muon import Muon
+from budgetlm.optim.muon import Muon
 
 __all__ = [
     "HEAD_NAMES",
@@ -275,7 +275,7 @@ class Lamb(torch.optim.Optimizer):
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """Muon (budgetlm.muon) on hidden matrices and torch.optim.AdamW on everything else, as ONE
+    """Muon (budgetlm.optim.muon) on hidden matrices and torch.optim.AdamW on everything else, as ONE
     torch.optim.Optimizer.
 
     The two inner optimizers own disjoint groups; this object's `param_groups` are the very same
