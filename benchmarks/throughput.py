@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from budgetlm.config import load_config
-from budgetlm.estimate import flops_per_token
+from budgetlm.estimate import model_flops_per_token
 from budgetlm.hardware import load_profile
 from budgetlm.model import build_model
 from budgetlm.optim import build_optimizer
@@ -128,8 +128,7 @@ def main() -> None:
         m2, o2 = hf(s)
         n_ours = sum(p.numel() for p in m1.parameters())
         n_hf = sum(p.numel() for p in m2.parameters())
-        fl = flops_per_token(cfg.model)
-        per_tok = fl.forward + fl.backward
+        per_tok = model_flops_per_token(cfg.model)
         s1, s2 = step_fn(m1, o1, False, x, y), step_fn(m2, o2, True, x, y)
         for _ in range(3):  # warm-up
             s1()

@@ -149,6 +149,27 @@ class _Transformer(nn.Module):
 
     activation_checkpointing: bool
 
+    def _build_embeddings(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
+
+    def _embed(self, idx: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (+ `extra`, broadcast) + learned positions: (B, T) -> (B, T, C)."""
+        T = idx.size(1)
+        self._check_length(T)
+        x = self.wte(idx)  # (B, T, C)
+        if extra is not None:
+            x = x + extra
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
+        return x
+
+    def _tie_and_init(self) -> None:
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # counted once by parameters()
+        self._init_weights()
+
     def _build_blocks(self, cfg: ModelConfig, causal: bool) -> None:
         self.blocks = nn.ModuleList([Block(cfg, causal) for _ in range(cfg.n_layer)])
         self.ln_f = make_norm(cfg, cfg.d_model)
@@ -196,25 +217,16 @@ class GPT(_Transformer):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding
-        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
+        self._build_embeddings(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self._build_blocks(cfg, causal=True)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight  # counted once by parameters()
-        self._init_weights()
+        self._tie_and_init()
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        B, T = idx.size()
-        self._check_length(T)
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
-        x = self._run_blocks(self.drop(x))  # (B, T, C)
+        x = self._run_blocks(self.drop(self._embed(idx)))  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits
@@ -260,27 +272,19 @@ class BertMLM(_Transformer):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # word embedding
-        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
+        self._build_embeddings(cfg)
         self.wtt = nn.Embedding(N_TOKEN_TYPES, cfg.d_model)  # token type (all zeros here)
         self.ln_emb = make_norm(cfg, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self._build_blocks(cfg, causal=False)
         self.head = MLMHead(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)  # decoder, bias V
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
-        self._init_weights()
+        self._tie_and_init()
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        B, T = idx.size()
-        self._check_length(T)
-        x = self.wte(idx) + self.wtt.weight[0]  # (B, T, C); token type 0 everywhere
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
+        x = self._embed(idx, extra=self.wtt.weight[0])  # token type 0 everywhere
         x = self.drop(self.ln_emb(x))
         x = self._run_blocks(x)  # (B, T, C)
         logits = self.lm_head(self.head(x))  # (B, T, V)

@@ -20,16 +20,16 @@ from typer.testing import CliRunner
 from budgetlm import laws as scaling
 from budgetlm.calibrate import (
     EXIT_RESERVE_S,
-    _plan_rest,
-    _read_records,
     calibrate,
-    check_prediction,
     plan_path,
+    plan_rest,
+    read_records,
     state_dir,
 )
 from budgetlm.cli import app
 from budgetlm.config import DataConfig
 from budgetlm.plan import Budget, plan
+from budgetlm.train.result import check_prediction
 
 DATA = DataConfig(source="builtin:pystdlib", tokenizer="byte")
 # a FLOP budget small enough that nine pilots take seconds on one thread
@@ -63,7 +63,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    kept = {k for k, r in _read_records(records).items() if r["state"] == "complete"}
+    kept = {k for k, r in read_records(records).items() if r["state"] == "complete"}
     t0 = time.perf_counter()
     res = calibrate(Budget(flops=3e11), DATA, out, seq_len=32, bootstrap=20)
     yield {"rc": proc.returncode, "stderr": err, "kept": kept, "res": res, "out": out,
@@ -168,8 +168,8 @@ def test_time_plan_gives_the_run_what_planning_left(calibrated: dict) -> None:
 
     fit = json.loads(calibrated["out"].read_text())
     t0 = time.perf_counter()
-    p, note = _plan_rest(Budget(seconds=120), DATA, fit, 10.0,
-                         hardware.cached_profile() or hardware.load_profile())
+    p, note = plan_rest(Budget(seconds=120), DATA, fit, 10.0,
+                        hardware.cached_profile() or hardware.load_profile())
     took = time.perf_counter() - t0
     assert note is None and p is not None
     given = float(p.target.wall_seconds)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -45,6 +46,71 @@ def test_schema_prints_json() -> None:
     res = invoke("schema")
     assert res.exit_code == 0
     assert json.loads(res.output)["title"] == "budgetlm RunConfig"
+
+
+FILE_MODELS = {
+    "plan": ("budgetlm.plan.files", "PlanFile"),
+    "result": ("budgetlm.train.result", "ResultFile"),
+    "fit": ("budgetlm.calibrate.files", "FitFile"),
+}
+
+
+@pytest.mark.parametrize("name", list(FILE_MODELS))
+def test_schema_of_output_files(name: str) -> None:
+    module, cls = FILE_MODELS[name]
+    model = getattr(importlib.import_module(module), cls)
+    res = invoke("schema", name)
+    assert res.exit_code == 0, res.output
+    schema = json.loads(res.output)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert {k: v for k, v in schema.items() if k != "$schema"} == model.model_json_schema()
+    assert schema["properties"]
+
+
+def test_schema_unknown_name_lists_the_valid_ones() -> None:
+    res = invoke("schema", "nonsense")
+    assert res.exit_code == 2
+    text = res.output.strip()
+    assert len(text.splitlines()) == 1, text
+    assert "'nonsense'" in text
+    for name in ("run", "study", "plan", "result", "fit"):
+        assert name in text
+
+
+def test_plan_help_shows_timing_not_the_hidden_alias() -> None:
+    res = invoke("plan", "--help")
+    assert res.exit_code == 0, res.output
+    assert "--timing" in res.output and "--no-timing" in res.output
+    assert "--calibrate" not in res.output and "--no-calibrate" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ([], None),
+        (["--timing"], True),
+        (["--no-timing"], False),
+        (["--calibrate"], True),
+        (["--no-calibrate"], False),
+    ],
+)
+def test_plan_timing_flag_and_its_hidden_alias(
+    flags: list[str], want: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetlm.errors import UserError
+
+    seen: dict[str, object] = {}
+
+    def fake_plan(budget: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise UserError("stopped before planning")
+
+    monkeypatch.setattr("budgetlm.cli.plan.run_plan", fake_plan)
+    res = invoke("plan", "--flops", "1e17", *flags)
+    assert res.exit_code == 2, res.output
+    assert "stopped before planning" in res.output
+    assert "calibrate" not in seen
+    assert seen["timing"] is want
 
 
 def _yaml(tmp_path: Path, text: str) -> str:
@@ -113,3 +179,21 @@ def test_console_script_user_error_exit_code() -> None:
     assert out.returncode == 2
     assert "must divide" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_plan_command_and_planner_are_torch_free() -> None:
+    code = (
+        "import sys\n"
+        "from budgetlm.cli import main\n"
+        "sys.argv = ['budgetlm', 'plan', '--gpu-hours', '1', '--gpu', 'h100', '--json']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "assert 'torch' not in sys.modules, 'budgetlm plan imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["candidates"]
+    code = "import budgetlm.plan, sys; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0

@@ -381,6 +381,15 @@ def test_cache_dir_is_used(tmp_path):
     assert os.listdir(tmp_path / "mine") == [c.info["cache_key"]]
 
 
+def test_cache_follows_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("BUDGETLM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    f = write(tmp_path / "a.txt", TEXT)
+    c = load_corpus(cfg(f))
+    assert Path(c.info["cache_path"]).parent == tmp_path / "xdg" / "budgetlm" / "tokens"
+    assert (Path(c.info["cache_path"]) / "meta.json").is_file()
+
+
 def test_broken_cache_entry_is_rebuilt(tmp_path):
     f = write(tmp_path / "a.txt", TEXT)
     c = load_corpus(cfg(f))

@@ -191,6 +191,15 @@ def test_flops_follow_kaplan_6n_plus_attention() -> None:
     assert fl.causal_halved is False
 
 
+def test_model_flops_per_token_is_forward_plus_backward() -> None:
+    for name in PRESETS:
+        cfg = preset(name)
+        fl = est.flops_per_token(cfg.model, checkpointing=True)
+        model_flops = est.model_flops_per_token(cfg.model)
+        assert model_flops == fl.forward + fl.backward
+        assert est.estimate(cfg).to_dict()["flops_per_token"] == model_flops
+
+
 def test_t5_flops_count_encoder_decoder_and_cross_attention() -> None:
     m = preset("t5-base").model
     fl = est.flops_per_token(m)

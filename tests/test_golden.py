@@ -20,7 +20,13 @@ from budgetlm.config import PRESETS
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("BUDGETLM_REGEN_GOLDEN") == "1"
-RENAMED: dict[str, str] = {}  # new key -> old key, as documented in the README
+# Documented in the README ("Files a script reads"): the planner's step timing is "timed", not
+# "calibrated" (that word names only the pilot-fitting command). New -> old, keys and values.
+RENAMED: dict[str, str] = {"timed": "calibrated"}
+RENAMED_TEXT: dict[str, str] = {
+    "(not timed)": "(not calibrated)",
+    " (timed steps)": " (calibration)",
+}
 DROPPED = {"elapsed_s"}
 
 CASES: dict[str, list[str]] = {
@@ -32,7 +38,7 @@ CASES: dict[str, list[str]] = {
     "plan-prior-kaplan": ["plan", "--gpu-hours", "2", "--gpu", "l4", "--prior", "kaplan",
                           "--seq-len", "512", "--precision", "bf16", "--schedule", "cosine"],
     "plan-time-data": ["plan", "--time", "3m", "--data", "{corpus}", "--tokenizer", "char",
-                       "--no-calibrate"],
+                       "--no-timing"],
     "estimate-gpt2-bf16-ckpt": ["estimate", "gpt2-124m", "--micro-batch", "8", "--precision",
                                 "bf16", "--checkpointing", "--gpu", "h100"],
     "estimate-lion": ["estimate", "nanogpt-cpu", "--optimizer", "lion", "--gpu", "a100",
@@ -51,7 +57,7 @@ def _corpus(tmp: Path) -> Path:
 
 def _fixed_profile() -> None:
     """This machine's profile cache holds fixed numbers, so `--time` plans are reproducible."""
-    from budgetlm.hardware import HardwareProfile, _cache_key, _save
+    from budgetlm.hardware import HardwareProfile, cache_key, save_profile
 
     profile = HardwareProfile(
         cpu_model="fixed", cpu_cores=2, memory_bytes=24 * 2**30, gpus=[], device="cpu",
@@ -60,7 +66,7 @@ def _fixed_profile() -> None:
         created_at="2026-01-01T00:00:00", torch_version="fixed", python_version="3.11",
         threads=1,
     )
-    _save(profile, _cache_key())
+    save_profile(profile, cache_key())
 
 
 def _normalize(obj: Any) -> Any:
@@ -73,6 +79,11 @@ def _normalize(obj: Any) -> Any:
         return out
     if isinstance(obj, list):
         return [_normalize(v) for v in obj]
+    if isinstance(obj, str):
+        if obj == "timed":
+            return "calibrated"
+        for new, old in RENAMED_TEXT.items():
+            obj = obj.replace(new, old)
     return obj
 
 

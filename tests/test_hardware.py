@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from budgetlm import hardware
 from budgetlm.errors import UserError
 from budgetlm.hardware import (
+    DTYPE_KEYS,
     GPU_SPECS,
     GpuInfo,
     HardwareProfile,
@@ -27,6 +27,8 @@ from budgetlm.hardware import (
     measure,
     reference_profile,
 )
+from budgetlm.hardware import cache as profile_cache
+from budgetlm.units import GiB
 
 # ---------------------------------------------------------------------------------------------
 # Datasheet table and lookup
@@ -102,9 +104,9 @@ def test_gpu_specs_have_sources_and_positive_peaks() -> None:
     for key, spec in GPU_SPECS.items():
         assert spec.key == key
         assert len(spec.source) > 20, key
-        assert spec.memory_bytes >= 16 * hardware.GiB
+        assert spec.memory_bytes >= 16 * GiB
         assert spec.bandwidth_bytes_per_s > 1e11
-        assert {"fp32", "fp16"} <= set(spec.peak_flops) <= set(hardware.DTYPE_KEYS)
+        assert {"fp32", "fp16"} <= set(spec.peak_flops) <= set(DTYPE_KEYS)
         for dtype, flops in spec.peak_flops.items():
             assert flops > 1e12, (key, dtype)
         assert spec.peak_flops["fp16"] > spec.peak_flops["fp32"]  # tensor cores
@@ -128,7 +130,7 @@ def test_gpu_specs_match_design_table() -> None:
     memory_gib = {"h100-sxm": 80, "h200": 141, "a100-80gb": 80, "a100-40gb": 40, "v100": 32,
                   "v100-16gb": 16, "l4": 24, "t4": 16, "rtx-4090": 24}
     for key, gib in memory_gib.items():
-        assert GPU_SPECS[key].memory_bytes == gib * hardware.GiB
+        assert GPU_SPECS[key].memory_bytes == gib * GiB
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,11 +311,34 @@ def test_cache_path_honours_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert cache_path() == tmp_path / "mine" / "profile.json"
 
 
+def test_profile_cache_lives_under_xdg_cache_home_unless_budgetlm_cache_dir_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu_profile: HardwareProfile
+) -> None:
+    xdg, mine = tmp_path / "xdg", tmp_path / "mine"
+    monkeypatch.delenv("BUDGETLM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    calls: list[int] = []
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
+    first = load_profile()
+    assert calls == [1]
+    assert (xdg / "budgetlm" / "profile.json").is_file()
+    assert cached_profile() == first
+
+    monkeypatch.setenv("BUDGETLM_CACHE_DIR", str(mine))
+    assert cached_profile() is None  # the XDG cache is not consulted
+    load_profile()
+    assert calls == [1, 1]
+    assert (mine / "profile.json").is_file()
+    assert not (mine / "budgetlm").exists()
+    saved = json.loads((xdg / "budgetlm" / "profile.json").read_text())
+    assert len(saved["profiles"]) == 1  # the XDG file was left alone
+
+
 def test_load_profile_measures_once_then_reads_the_cache(
     cache_dir: Path, monkeypatch: pytest.MonkeyPatch, cpu_profile: HardwareProfile
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(hardware, "measure", _counting_measure(cpu_profile, calls))
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
     assert cached_profile() is None
     first = load_profile()
     assert calls == [1]
@@ -323,11 +348,11 @@ def test_load_profile_measures_once_then_reads_the_cache(
     def boom(*args: object, **kwargs: object) -> HardwareProfile:
         raise AssertionError("measured although a cached profile exists")
 
-    monkeypatch.setattr(hardware, "measure", boom)
+    monkeypatch.setattr(profile_cache, "measure", boom)
     assert load_profile() == first
     assert cached_profile() == first
 
-    monkeypatch.setattr(hardware, "measure", _counting_measure(cpu_profile, calls))
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
     load_profile(refresh=True)
     assert calls == [1, 1]
 
@@ -336,10 +361,10 @@ def test_cache_is_stale_when_the_machine_changes(
     cache_dir: Path, monkeypatch: pytest.MonkeyPatch, cpu_profile: HardwareProfile
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(hardware, "measure", _counting_measure(cpu_profile, calls))
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
     load_profile()
     assert cached_profile() is not None
-    monkeypatch.setattr(hardware, "_torch_version_no_import", lambda: "99.0")
+    monkeypatch.setattr(profile_cache, "installed_torch_version", lambda: "99.0")
     assert cached_profile() is None
     load_profile()
     assert calls == [1, 1]
@@ -353,7 +378,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(
     (cache_dir / "profile.json").write_text("{ not json")
     assert cached_profile() is None
     calls: list[int] = []
-    monkeypatch.setattr(hardware, "measure", _counting_measure(cpu_profile, calls))
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
     load_profile()
     assert calls == [1] and cached_profile() is not None
 
@@ -361,7 +386,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(
 def test_cached_profile_does_not_import_torch(
     cache_dir: Path, monkeypatch: pytest.MonkeyPatch, cpu_profile: HardwareProfile
 ) -> None:
-    monkeypatch.setattr(hardware, "measure", _counting_measure(cpu_profile, []))
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, []))
     load_profile()
     code = (
         "import sys, time\n"
@@ -391,7 +416,7 @@ def test_reference_profile_uses_datasheet_peaks() -> None:
     assert p.peak("bf16") == 989e12
     assert p.peak("fp32") == 66.9e12
     assert p.peak_source("bf16") == "datasheet"
-    assert p.device_memory_bytes == 80 * hardware.GiB
+    assert p.device_memory_bytes == 80 * GiB
     assert p.bandwidth() == pytest.approx(3.35e12)
     assert any(n.startswith("unmeasured: datasheet peak") for n in p.notes)
     assert p.spec_key == "h100-sxm"

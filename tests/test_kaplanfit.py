@@ -9,7 +9,7 @@ import pytest
 
 from budgetlm import laws as scaling
 from budgetlm.errors import UserError
-from budgetlm.laws.fitting.kaplan import KaplanFit, _objective, fit_kaplan, kaplan_loss
+from budgetlm.laws.fitting.kaplan import KaplanFit, fit_kaplan, kaplan_loss, objective
 
 # (n_c, d_c, alpha_n, alpha_d): Kaplan et al.'s Table 2 values, and a pilot-sized law of the
 # kind budgetlm calibrate fits on a byte-level corpus (N 20K-300K, D 0.2M-6M).
@@ -20,8 +20,8 @@ SMALL = (5.3e5, 2.3e7, 0.22, 0.20)
 def design(truth: tuple[float, ...], lo: float, hi: float) -> tuple[np.ndarray, ...]:
     """IsoFLOP profiles: 5 levels over [lo, hi] FLOPs, 5 sizes a factor 2 apart around the law's
     optimum at each level, D = C / (6N)."""
-    law = scaling.LossLaw("truth", "kaplan", n_c=truth[0], d_c=truth[1], alpha_n=truth[2],
-                          alpha_d=truth[3])
+    law = scaling.KaplanLaw("truth", n_c=truth[0], d_c=truth[1], alpha_n=truth[2],
+                            alpha_d=truth[3])
     n, d = [], []
     for c in np.logspace(math.log10(lo), math.log10(hi), 5):
         n_opt, _ = law.optimal(float(c))
@@ -67,19 +67,19 @@ def test_analytic_gradient_matches_finite_differences() -> None:
     logl = rng.normal(0.5, 0.05, 9)
     theta = np.array([0.3, -0.2, 0.25, 0.2])
     delta = 0.05  # wide enough that every residual is inside the quadratic part
-    _, g = _objective(theta, xc, yc, logl, delta)
+    _, g = objective(theta, xc, yc, logl, delta)
     h = 1e-6
     for j in range(4):
         e = np.zeros(4)
         e[j] = h
-        num = (_objective(theta + e, xc, yc, logl, delta, with_grad=False)
-               - _objective(theta - e, xc, yc, logl, delta, with_grad=False)) / (2 * h)
+        num = (objective(theta + e, xc, yc, logl, delta, with_grad=False)
+               - objective(theta - e, xc, yc, logl, delta, with_grad=False)) / (2 * h)
         assert g[j] == pytest.approx(num, rel=1e-5, abs=1e-6)
 
 
 def test_loss_matches_the_scaling_law_and_never_overflows() -> None:
-    law = scaling.LossLaw("k", "kaplan", n_c=SMALL[0], d_c=SMALL[1], alpha_n=SMALL[2],
-                          alpha_d=SMALL[3])
+    law = scaling.KaplanLaw("k", n_c=SMALL[0], d_c=SMALL[1], alpha_n=SMALL[2],
+                            alpha_d=SMALL[3])
     for n, d in ((1e4, 1e5), (3e5, 3e7), (1e9, 1e12)):
         assert kaplan_loss(*SMALL, n, d) == pytest.approx(law.loss(n, d), rel=1e-12)
     assert kaplan_loss(1e300, 1.0, 2.5, 0.01, 1.0, 1.0) == math.inf  # e^1725: no OverflowError

@@ -194,7 +194,7 @@ def test_data_is_counted_and_exported(tmp_path: Path, cpu_machine: object) -> No
     src = tmp_path / "corpus.txt"
     src.write_text("the quick brown fox jumps over the lazy dog.\n" * 2000)
     p = plan(Budget(seconds=60), data=DataConfig(source=str(src), tokenizer="char"),
-             calibrate=False)
+             timing=False)
     assert p.unique_tokens == pytest.approx(0.95 * 90_000, rel=0.01)
     assert p.vocab_size < 40
     assert p.top.epochs > 1  # 60 s of training is far more than 85K tokens
@@ -210,13 +210,13 @@ def test_data_is_counted_and_exported(tmp_path: Path, cpu_machine: object) -> No
 @pytest.mark.parametrize(("fp32", "bf16", "expected"), [(8e10, 2e10, "fp32"), (2e10, 8e10, "bf16")])
 def test_precision_follows_measured_throughput(fp32: float, bf16: float, expected: str) -> None:
     prof = fake_cpu_profile(fp32=fp32, bf16=bf16)
-    p = plan(Budget(seconds=600), profile=prof, tokens=10**9, calibrate=False)
+    p = plan(Budget(seconds=600), profile=prof, tokens=10**9, timing=False)
     assert p.top.precision == expected
     assert p.to_dict()["top"]["precision"] == expected
 
 
 def test_a_dtype_without_a_measured_peak_is_not_planned() -> None:
-    p = plan(Budget(seconds=60), profile=fake_cpu_profile(bf16=None), calibrate=False)
+    p = plan(Budget(seconds=60), profile=fake_cpu_profile(bf16=None), timing=False)
     assert {c.precision for c in p.candidates} == {"fp32"}
 
 
@@ -236,7 +236,7 @@ def test_time_budget_reads_durations() -> None:
 
 
 def test_time_plan_is_a_time_capped_annealed_config(cpu_machine: object) -> None:
-    p = plan(Budget(seconds=600), calibrate=False)
+    p = plan(Budget(seconds=600), timing=False)
     assert "measured" in p.first_line and "this machine" in p.first_line
     cfg = p.config(0)
     assert cfg.train.max_time == 600 and cfg.train.max_tokens is None
@@ -273,11 +273,11 @@ def test_exported_plan_trains_unchanged(
     assert saved["model"]["n_layer"] == cfg.model.n_layer
 
 
-def test_calibration_times_real_steps(cpu_machine: object) -> None:
-    p = plan(Budget(seconds=30), calibrate=True, seq_lens=[64])
-    assert p.calibrated and p.top.time_source == "calibrated"
+def test_timing_times_real_steps(cpu_machine: object) -> None:
+    p = plan(Budget(seconds=30), timing=True, seq_lens=[64])
+    assert p.timed and p.top.time_source == "timed"
     assert p.top.tokens_per_s and p.top.tokens_per_s > 0
-    assert any("calibrated" in n for n in p.notes)
+    assert any("timed" in n for n in p.notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ import torch
 
 from budgetlm.config import OPTIMIZERS, RunConfig, load_config
 from budgetlm.errors import UserError
-from budgetlm.train.api import train
-from budgetlm.train.loop import StopRun
+from budgetlm.train import StopRun, train
 
 MARKOV = "synthetic:markov:order=1,vocab=16,seed=0,tokens=200000"
 

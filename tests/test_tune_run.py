@@ -2,7 +2,7 @@
 
 Each trial is a child process (`python -m budgetlm.runner.child`), so these tests cost a few
 seconds each; they share one hardware profile and one token cache (the session cache dir).
-Faults are injected through the child's test hook (`meta.fault`, see budgetlm/tune/child.py).
+Faults are injected through the child's test hook (`meta.fault`, see budgetlm/runner/child.py).
 """
 
 from __future__ import annotations

@@ -23,6 +23,14 @@ NS_STEPS = 5
 EPS = 1e-7
 
 
+def loss_of(closure: Callable[[], Any] | None) -> Any:
+    """The loss a `step(closure)` returns: the closure run with gradients enabled, or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def newton_schulz(g: torch.Tensor, dtype: torch.dtype, steps: int = NS_STEPS,
                   coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                   eps: float = EPS) -> torch.Tensor:
@@ -64,10 +72,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_of(closure)
         for group in self.param_groups:
             lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:

@@ -1,7 +1,9 @@
 """One trial's process: `python -m budgetlm.runner.child TRIAL.yaml --run-dir DIR` (or the same
 `main` in a child forked by the tuner's fork server, see budgetlm.runner.launch).
 
-Exactly `budgetlm train TRIAL.yaml --run-dir DIR --json --quiet`, plus two things the tuner needs:
+It does what `budgetlm train TRIAL.yaml --run-dir DIR --json --quiet` does (the result as JSON on
+stdout; `error: …` on stderr and exit 2 for a config the trainer rejects; exit 130 when
+interrupted), plus two things the tuner needs:
 
 - It dies with its parent: Linux `prctl(PR_SET_PDEATHSIG, SIGKILL)` (the tuner's kill -9 takes
   its trainers with it), and a watchdog thread that exits when the parent pid changes (other
@@ -19,12 +21,19 @@ Exactly `budgetlm train TRIAL.yaml --run-dir DIR --json --quiet`, plus two thing
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from budgetlm.config import load_config
+from budgetlm.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 
 FAULTS = ("raise", "exit", "segv", "hang", "nan", "oom")
 PR_SET_PDEATHSIG = 1
@@ -56,11 +65,11 @@ def die_with_parent(watch: bool = True) -> None:
     threading.Thread(target=watcher, name="parent-watch", daemon=True).start()
 
 
-def _fault_spec(trial_yaml: str) -> str | None:
+def fault_spec(trial_yaml: str) -> str | None:
+    """The fault to inject: $BUDGETLM_TUNE_FAULT, else the trial config's `meta.fault`; None
+    for none."""
     spec = os.environ.get("BUDGETLM_TUNE_FAULT")
     if not spec:
-        import yaml
-
         try:
             with open(trial_yaml) as f:
                 raw = yaml.safe_load(f) or {}
@@ -78,7 +87,7 @@ def install_fault(spec: str) -> None:
     if kind not in FAULTS:
         raise SystemExit(f"error: meta.fault: unknown fault {kind!r}; one of {', '.join(FAULTS)}")
     after = int(at) if at else 3
-    import budgetlm.model as model_mod
+    import budgetlm.model as model_mod  # torch: only once a fault is asked for
 
     original = model_mod.build_model
 
@@ -117,18 +126,37 @@ def install_fault(spec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`TRIAL.yaml --run-dir DIR`: train it as `budgetlm train … --json --quiet` would."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3 or args[1] != "--run-dir":
         raise SystemExit("usage: python -m budgetlm.runner.child TRIAL.yaml --run-dir DIR")
     die_with_parent()
     trial_yaml, _, run_dir = args
-    fault = _fault_spec(trial_yaml)
+    fault = fault_spec(trial_yaml)
     if fault is not None:
         install_fault(fault)
-    sys.argv = ["budgetlm", "train", trial_yaml, "--run-dir", run_dir, "--json", "--quiet"]
-    from budgetlm.cli import main as cli_main
+    try:
+        run_trial(trial_yaml, Path(run_dir))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
-    cli_main()
+
+def run_trial(trial_yaml: str, run_dir: Path) -> None:
+    """Train the config in `trial_yaml` into `run_dir`; print the result as JSON on stdout
+    (rank 0 only); exit 130 when the run was interrupted."""
+    from budgetlm.train import train  # torch: after die_with_parent guards this process
+
+    cfg = load_config(trial_yaml)
+    result = train(cfg, run_dir=run_dir, progress=False)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        return
+    sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    if result.status == "interrupted":
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,16 @@
 Importing torch (and the torch._dynamo that torch.optim pulls in) costs 3-5 s of CPU each time,
 which on a laptop is a large share of a short trial.
 
-`fork` (default on Linux): one server process per tuner imports torch and budgetlm once and
-forks a child per trial. The child is still its own process — its own session (setsid), a crash
-or OOM kill takes only it down, it dies with the server (PR_SET_PDEATHSIG), and the server dies
-with the tuner — and it runs exactly what `spawn` runs (`budgetlm.runner.child.main`). The server
-never runs a torch operation or initializes CUDA, so nothing unsafe crosses the fork; it is
-single-threaded (a select loop that also reaps the children and reports their exit codes).
-
-Protocol (JSON lines): tuner -> server `{"id", "argv", "env", "cwd", "stdout", "stderr"}`;
-server -> tuner `{"ready": true}` once, `{"id", "pid"}` per fork and `{"exit": pid, "rc": rc}`
-(rc as subprocess's returncode: negative for a signal).
+`fork` (default on Linux): one server process per tuner (budgetlm.runner.forkserver) imports
+torch and budgetlm once and forks a child per trial that runs exactly what `spawn` runs
+(`budgetlm.runner.child.main`), in its own session, dying with the server as the server dies
+with the tuner. `ForkLauncher` is the tuner's side of that server's protocol.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -30,6 +23,8 @@ from typing import Any, Protocol
 
 
 class Handle(Protocol):
+    """A started trial process, as `subprocess.Popen` presents one."""
+
     pid: int
     returncode: int | None
 
@@ -95,7 +90,7 @@ class ForkLauncher:
         server_env["BUDGETLM_TUNE_PARENT"] = str(os.getpid())
         self._log = (log.open("ab") if log is not None else subprocess.DEVNULL)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "budgetlm.runner.launch"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "budgetlm.runner.forkserver"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._log, env=server_env, close_fds=True,
         )
         self._lock = threading.Lock()
@@ -127,9 +122,9 @@ class ForkLauncher:
                 if msg.get("ready"):
                     self._ready.set()
                 elif "exit" in msg:
-                    child = self._children.pop(int(msg["exit"]), None)
-                    if child is not None:
-                        child._exited(int(msg["rc"]))
+                    forked = self._children.pop(int(msg["exit"]), None)
+                    if forked is not None:
+                        forked._exited(int(msg["rc"]))
                     else:
                         self._early[int(msg["exit"])] = int(msg["rc"])
                 elif "id" in msg:
@@ -138,8 +133,8 @@ class ForkLauncher:
                         box.append(msg)
                         box[0].set()
         with self._lock:  # the server is gone: so are its children
-            for child in self._children.values():
-                child._exited(-int(signal.SIGKILL))
+            for forked in self._children.values():
+                forked._exited(-int(signal.SIGKILL))
             self._children.clear()
             for box in self._pending.values():
                 box[0].set()
@@ -161,13 +156,13 @@ class ForkLauncher:
         if not box[0].wait(60) or len(box) < 2:
             raise RuntimeError("the trial fork server did not answer")
         pid = int(box[1]["pid"])
-        child = _Forked(pid, self)
+        forked = _Forked(pid, self)
         with self._lock:
             if pid in self._early:
-                child._exited(self._early.pop(pid))
+                forked._exited(self._early.pop(pid))
             else:
-                self._children[pid] = child
-        return child
+                self._children[pid] = forked
+        return forked
 
     def close(self) -> None:
         try:
@@ -203,121 +198,3 @@ def ready(launcher: Any) -> Any:
         except RuntimeError:
             return SpawnLauncher()
     return launcher
-
-
-# ---------------------------------------------------------------------------------------------
-# The server
-
-
-def _send(msg: dict[str, Any]) -> None:
-    data = (json.dumps(msg) + "\n").encode()
-    while data:
-        n = os.write(1, data)
-        data = data[n:]
-
-
-def _run_child(req: dict[str, Any], server_pid: int) -> None:
-    """In the forked child: become a trial process, run it, never return."""
-    code = 1
-    try:
-        os.setsid()
-        from budgetlm.tune import child
-
-        os.environ.clear()
-        os.environ.update(req["env"])
-        os.environ["BUDGETLM_TUNE_PARENT"] = str(server_pid)
-        child.die_with_parent()
-        os.chdir(req["cwd"])
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(f, fd)
-            os.close(f)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        threads = os.environ.get("OMP_NUM_THREADS")
-        if threads and threads.isdigit():
-            import torch
-
-            torch.set_num_threads(int(threads))
-        try:
-            child.main(list(req["argv"]))
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None:
-                code = 0
-            elif isinstance(exc.code, int):
-                code = exc.code
-            else:
-                print(exc.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-
-def serve() -> None:
-    from budgetlm.tune import child
-
-    child.die_with_parent(watch=False)
-    parent = os.getppid()
-    # What every trial imports anyway; torch.optim's first optimizer imports torch._dynamo.
-    import torch  # noqa: F401
-    import torch._dynamo  # noqa: F401
-
-    import budgetlm.cli  # noqa: F401
-    import budgetlm.data  # noqa: F401
-    import budgetlm.estimate  # noqa: F401
-    import budgetlm.hardware  # noqa: F401
-    import budgetlm.model  # noqa: F401
-    import budgetlm.optim  # noqa: F401
-    import budgetlm.train.api  # noqa: F401
-    import budgetlm.train.loop  # noqa: F401
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tuner handles Ctrl-C and closes stdin
-    me = os.getpid()
-    _send({"ready": True})
-    buf = b""
-    children: set[int] = set()
-    while True:
-        ready, _, _ = select.select([0], [], [], 0.2)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
-            _send({"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
-        if os.getppid() != parent:
-            os._exit(1)
-        if not ready:
-            continue
-        chunk = os.read(0, 65536)
-        if not chunk:  # the tuner closed our stdin: done (children die with us)
-            os._exit(0)
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            req = json.loads(line)
-            pid = os.fork()
-            if pid == 0:
-                _run_child(req, me)
-            children.add(pid)
-            _send({"id": req["id"], "pid": pid})
-
-
-if __name__ == "__main__":
-    serve()

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.config import RunConfig, dump_config
+from budgetlm.runner.caps import RECORD_FIELD, TrialCap
 from budgetlm.runner.launch import Handle, SpawnLauncher
-from budgetlm.tune.spec import TrialCap
 
 TERM_WAIT = 3.0  # seconds between SIGTERM and SIGKILL
 EXIT_WAIT = 10.0  # seconds a trial that wrote result.json may take to exit
@@ -158,119 +158,181 @@ def run_trial_process(
     launcher: Any = None,
 ) -> Outcome:
     """Run `cfg` in a child process under `cap`; see the module docstring."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a leftover of an earlier study with the same numbers
-    run_dir.mkdir(parents=True)
-    trial_yaml = dump_config(cfg, run_dir / "trial.yaml")
-    argv = [str(trial_yaml), "--run-dir", str(run_dir)]
+    argv = _prepare_run_dir(cfg, run_dir)
     child_env = dict(os.environ if env is None else env)
     child_env["BUDGETLM_TUNE_PARENT"] = str(os.getpid())
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     out_path, err_path = run_dir / "stdout.json", run_dir / "stderr.log"
-    tail = _Tail(run_dir / "metrics.jsonl")
-    t0 = time.monotonic()
+    watch = _Watch(run_dir, cap, report=report, stop=stop, heartbeat=heartbeat, on_eval=on_eval)
     proc = (launcher or SpawnLauncher()).start(argv, child_env, out_path, err_path)
     if on_start is not None:
         on_start(proc.pid)
-    started: float | None = None  # monotonic time training began (config.yaml written)
-    finished: float | None = None  # the trainer wrote result.json: only its exit is left
-    last_activity = t0
-    last_eval: dict[str, Any] | None = None
-    last_record: dict[str, Any] | None = None
     verdict: Outcome | None = None
-    limit = cap.value * 1.1 + cap.grace_seconds if cap.kind == "time" else None
     try:
-        while proc.poll() is None:
-            if stop is not None and stop.wait(POLL):
-                verdict = Outcome("fail", "interrupted", "interrupted (tuner stopped: Ctrl-C)")
-                break
-            if stop is None:
-                time.sleep(POLL)
-            now = time.monotonic()
-            if heartbeat is not None:
-                heartbeat()
-            if started is None and (run_dir / "config.yaml").exists():
-                started = last_activity = now
-            if finished is None and (run_dir / "result.json").exists():
-                finished = now
-            for line in tail.lines():
-                last_activity = now
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                last_record = rec
-                if rec.get("kind") != "eval" or rec.get("final"):
-                    continue
-                last_eval = rec
-                if on_eval is not None:
-                    on_eval(rec)
-                why = report(rec) if report is not None else None
-                if why is not None:
-                    verdict = Outcome("pruned", "pruned", why, attrs=_pruned_attrs(rec, cap))
-                    break
-            if verdict is not None:
-                break
-            if finished is not None:
-                if now - finished > EXIT_WAIT:
-                    break  # done but slow to exit: stop it, keep its result
-                continue
-            if started is None and now - t0 > cap.startup:
-                verdict = Outcome(
-                    "fail", "hung", f"hung: did not start training within {cap.startup:g} s"
-                )
-                break
-            if started is not None and limit is not None and now - started > limit:
-                verdict = Outcome(
-                    "fail", "hung",
-                    f"hung: still running {now - started:.1f} s after training started "
-                    f"(cap {cap.value:g} s + 10% + grace {cap.grace_seconds:g} s); killed",
-                )
-                break
-            if started is not None and now - last_activity > cap.stall:
-                verdict = Outcome(
-                    "fail", "hung", f"hung: no metrics for {now - last_activity:.0f} s; killed"
-                )
-                break
+        verdict = watch.follow(proc)
     finally:
         if proc.poll() is None:
             _kill(proc)
-    wall = time.monotonic() - t0
-    for line in tail.lines():
-        try:
-            last_record = json.loads(line)
-            if last_record.get("kind") == "eval":
-                last_eval = last_record
-        except json.JSONDecodeError:
-            pass
+    wall = time.monotonic() - watch.t0
+    watch.drain()
     if verdict is None:
         result = _read_json(out_path) or _read_json(run_dir / "result.json")
         rc = proc.returncode
-        if finished is not None and result is not None and rc in (-signal.SIGTERM, -signal.SIGKILL):
+        if watch.finished is not None and result is not None and rc in (
+            -signal.SIGTERM, -signal.SIGKILL
+        ):
             rc = 0  # it had finished; we only ended a slow exit
         verdict = classify_exit(rc, result, _stderr_tail(err_path))
     verdict.attrs.update({
         "wall_seconds": round(wall, 3),
-        "startup_seconds": round(started - t0, 3) if started is not None else None,
+        "startup_seconds": (
+            round(watch.started - watch.t0, 3) if watch.started is not None else None
+        ),
         "exit_code": proc.returncode,
         "run_dir": str(run_dir),
     })
-    res = verdict.result
+    verdict.attrs.update(_progress_attrs(verdict.result, watch.last_record, watch.last_eval))
+    return verdict
+
+
+def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> list[str]:
+    """A fresh `run_dir` holding the trial's config; the child's command line arguments."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a leftover of an earlier study with the same numbers
+    run_dir.mkdir(parents=True)
+    trial_yaml = dump_config(cfg, run_dir / "trial.yaml")
+    return [str(trial_yaml), "--run-dir", str(run_dir)]
+
+
+class _Watch:
+    """The parent's view of one running trial: its metrics, its progress, the limits."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cap: TrialCap,
+        *,
+        report: Callable[[dict[str, Any]], str | None] | None,
+        stop: threading.Event | None,
+        heartbeat: Callable[[], None] | None,
+        on_eval: Callable[[dict[str, Any]], None] | None,
+    ):
+        self.run_dir = run_dir
+        self.cap = cap
+        self.report = report
+        self.stop = stop
+        self.heartbeat = heartbeat
+        self.on_eval = on_eval
+        self.tail = _Tail(run_dir / "metrics.jsonl")
+        self.t0 = time.monotonic()
+        self.started: float | None = None  # monotonic time training began (config.yaml written)
+        self.finished: float | None = None  # the trainer wrote result.json: only its exit is left
+        self.last_activity = self.t0
+        self.last_eval: dict[str, Any] | None = None
+        self.last_record: dict[str, Any] | None = None
+
+    def follow(self, proc: Handle) -> Outcome | None:
+        """Watch until the child exits (None) or must be stopped (the verdict; None too when it
+        had finished and was only slow to exit)."""
+        while proc.poll() is None:
+            if self.stop is not None and self.stop.wait(POLL):
+                return Outcome("fail", "interrupted", "interrupted (tuner stopped: Ctrl-C)")
+            if self.stop is None:
+                time.sleep(POLL)
+            now = time.monotonic()
+            if self.heartbeat is not None:
+                self.heartbeat()
+            if self.started is None and (self.run_dir / "config.yaml").exists():
+                self.started = self.last_activity = now
+            if self.finished is None and (self.run_dir / "result.json").exists():
+                self.finished = now
+            verdict = self._read_metrics(now)
+            if verdict is not None:
+                return verdict
+            if self.finished is not None:
+                if now - self.finished > EXIT_WAIT:
+                    return None  # done but slow to exit: stop it, keep its result
+                continue
+            verdict = self._over_limit(now)
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _read_metrics(self, now: float) -> Outcome | None:
+        """Take in the new metrics lines; the verdict when the pruner stops the trial."""
+        for line in self.tail.lines():
+            self.last_activity = now
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.last_record = rec
+            if rec.get("kind") != "eval" or rec.get("final"):
+                continue
+            self.last_eval = rec
+            if self.on_eval is not None:
+                self.on_eval(rec)
+            why = self.report(rec) if self.report is not None else None
+            if why is not None:
+                return Outcome("pruned", "pruned", why, attrs=_pruned_attrs(rec, self.cap))
+        return None
+
+    def _over_limit(self, now: float) -> Outcome | None:
+        """The verdict when the trial is past a hard limit (start-up, time cap, stall)."""
+        cap, started = self.cap, self.started
+        if started is None:
+            if now - self.t0 > cap.startup:
+                return Outcome(
+                    "fail", "hung", f"hung: did not start training within {cap.startup:g} s"
+                )
+            return None
+        limit = cap.kill_after
+        if limit is not None and now - started > limit:
+            return Outcome(
+                "fail", "hung",
+                f"hung: still running {now - started:.1f} s after training started "
+                f"(cap {cap.value:g} s + 10% + grace {cap.grace_seconds:g} s); killed",
+            )
+        if now - self.last_activity > cap.stall:
+            return Outcome(
+                "fail", "hung", f"hung: no metrics for {now - self.last_activity:.0f} s; killed"
+            )
+        return None
+
+    def drain(self) -> None:
+        """Read the metrics lines written after the last look."""
+        for line in self.tail.lines():
+            try:
+                self.last_record = json.loads(line)
+                if self.last_record.get("kind") == "eval":
+                    self.last_eval = self.last_record
+            except json.JSONDecodeError:
+                pass
+
+
+def _progress_attrs(
+    res: dict[str, Any] | None,
+    last_record: dict[str, Any] | None,
+    last_eval: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """How far the trial got and what it scored: from its result, else its last metrics."""
     src = res if res is not None else (last_record or {})
-    verdict.attrs["steps"] = src.get("steps", src.get("step"))
-    verdict.attrs["tokens"] = src.get("tokens")
-    verdict.attrs["train_seconds"] = src.get("train_seconds", src.get("elapsed"))
+    attrs = {
+        "steps": src.get("steps", src.get("step")),
+        "tokens": src.get("tokens"),
+        "train_seconds": src.get("train_seconds", src.get("elapsed")),
+    }
     if res is not None:
-        verdict.attrs.update({
+        attrs.update({
             "val_bpb": res.get("val_bpb"), "val_loss": res.get("val_loss"),
             "flops": res.get("model_flops"), "params_count": res.get("params"),
             "trainer_status": res.get("status"), "stop_reason": res.get("stop_reason"),
         })
     elif last_eval is not None:
-        verdict.attrs.update({"val_bpb": last_eval.get("val_bpb"),
-                              "val_loss": last_eval.get("val_loss"),
-                              "flops": last_eval.get("flops")})
-    return verdict
+        attrs.update({"val_bpb": last_eval.get("val_bpb"),
+                      "val_loss": last_eval.get("val_loss"),
+                      "flops": last_eval.get("flops")})
+    return attrs
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -285,11 +347,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _pruned_attrs(rec: dict[str, Any], cap: TrialCap) -> dict[str, Any]:
     """Where on the cap axis the trial was pruned, and the trial-seconds that saved."""
     elapsed = float(rec.get("elapsed") or 0.0)
-    reached = {
-        "time": elapsed, "tokens": rec.get("tokens"), "flops": rec.get("flops"),
-        "steps": rec.get("step"),
-    }[cap.kind]
-    reached = float(reached or 0.0)
+    reached = float(rec.get(RECORD_FIELD[cap.kind]) or 0.0)
     if cap.kind == "time":
         saved = max(0.0, cap.value - elapsed)
     elif reached > 0:

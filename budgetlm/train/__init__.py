@@ -1,5 +1,16 @@
-"""The built-in trainer: `train(cfg) -> TrainResult` and what a run directory holds."""
+"""The built-in trainer: `train(cfg) -> TrainResult` and what a run directory holds.
 
-from budgetlm.train.api import TrainResult, resolve_train_config, sample_text, train
+`api` (train, resolve_train_config, sample_text) · `state` (RunState, Counters, StopRun) ·
+`loop` (the steps) · `batches` (micro-step batches, eval, auto micro-batch) · `runtime` (device,
+autocast, process group) · `rundir` (the run directory) · `result` (TrainResult = result.json) ·
+`progress` (the bar).
+"""
 
-__all__ = ["TrainResult", "resolve_train_config", "sample_text", "train"]
+from budgetlm.train.api import resolve_train_config, sample_text, train
+from budgetlm.train.result import ResultFile, TrainResult, check_prediction
+from budgetlm.train.state import StopRun
+
+__all__ = [
+    "ResultFile", "StopRun", "TrainResult", "check_prediction", "resolve_train_config",
+    "sample_text", "train",
+]

@@ -22,6 +22,7 @@ from typing import Any
 
 from budgetlm.config import RunConfig, dump_config
 from budgetlm.errors import UserError
+from budgetlm.units import atomic_write_text, write_json
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -32,16 +33,6 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
         path = base.with_name(f"{base.name}-{i}")
         i += 1
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def git_sha() -> str | None:
@@ -114,24 +105,16 @@ class RunDir:
         return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
 
     def save_checkpoint(self, state: dict[str, Any], step: int, keep_last: int) -> Path:
-        import torch
-
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / f"step_{step:08d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        _save_whole(state, path)
         for old in sorted(self.ckpt_dir.glob("step_*.pt"))[:-keep_last]:
             old.unlink(missing_ok=True)
         return path
 
     def save_best(self, state: dict[str, Any]) -> None:
-        import torch
-
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt_dir / ".best.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_dir / "best.pt")
+        _save_whole(state, self.ckpt_dir / "best.pt")
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(self.ckpt_dir.glob("step_*.pt")) if self.ckpt_dir.exists() else []
@@ -147,6 +130,15 @@ class RunDir:
 
     def write_result(self, result: dict[str, Any]) -> None:
         write_json(self.path / "result.json", result)
+
+
+def _save_whole(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: never half a checkpoint."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, what: str = "init_from") -> dict[str, Any]:

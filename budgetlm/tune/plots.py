@@ -1,8 +1,8 @@
 """Self-contained plots: inline SVG in one HTML page, no plotting library, no JavaScript.
 
 `chart` draws scatter / line / step series on linear or log axes (each point carries a hover
-title), `bars` a horizontal bar chart, `pareto_front` finds the non-dominated points (both axes
-minimized), and `page` wraps sections into an HTML document that opens anywhere.
+title), `bars` a horizontal bar chart, and `page` wraps sections into an HTML document that opens
+anywhere.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from budgetlm.units import format_sci
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")
@@ -33,7 +35,8 @@ class Series:
     legend: bool = True
 
 
-def _esc(s: object) -> str:
+def escape(s: object) -> str:
+    """`s` as text safe inside HTML and attribute values."""
     return html.escape(str(s), quote=True)
 
 
@@ -43,9 +46,7 @@ def fmt(v: float) -> str:
         return "0"
     a = abs(v)
     if a >= 1e4 or a < 1e-3:
-        mant, exp = f"{v:.1e}".split("e")
-        mant = mant.rstrip("0").rstrip(".")
-        return f"{mant}e{int(exp)}"
+        return format_sci(v, 1)
     return f"{v:.4g}"
 
 
@@ -128,27 +129,23 @@ def chart(
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" style="{_FONT};font-size:12px" role="img">',
-        f"<title>{_esc(title)}</title>",
-        f'<text x="{left}" y="20" font-size="14" font-weight="600">{_esc(title)}</text>',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="20" font-size="14" font-weight="600">{escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{width - left - right}" '
         f'height="{height - top - bottom}" fill="none" stroke="#ccc"/>',
     ]
     for t in ax.ticks():
-        x = ax(t)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - bottom}" '
-                   f'stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle" '
-                   f'fill="#555">{_esc(fmt(t))}</text>')
+        x = f"{ax(t):.1f}"
+        out += _gridline((x, str(top)), (x, str(height - bottom)),
+                         (x, str(height - bottom + 16)), "middle", t)
     for t in ay.ticks():
-        y = ay(t)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
-                   f'stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" '
-                   f'fill="#555">{_esc(fmt(t))}</text>')
+        y = f"{ay(t):.1f}"
+        out += _gridline((str(left), y), (str(width - right), y),
+                         (str(left - 6), f"{ay(t) + 4:.1f}"), "end", t)
     out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 10}" '
-               f'text-anchor="middle">{_esc(xlabel)}</text>')
+               f'text-anchor="middle">{escape(xlabel)}</text>')
     out.append(f'<text transform="translate(16,{(top + height - bottom) / 2:.0f}) rotate(-90)" '
-               f'text-anchor="middle">{_esc(ylabel)}</text>')
+               f'text-anchor="middle">{escape(ylabel)}</text>')
     if not xs:
         out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height / 2:.0f}" '
                    f'text-anchor="middle" fill="#888">no data yet</text>')
@@ -157,33 +154,50 @@ def chart(
         pts = [(x, y) for x, y in s.points if ax.ok(x) and ay.ok(y)]
         if not pts:
             continue
-        op = f' opacity="{s.opacity}"' if s.opacity < 1 else ""
-        if s.mode in ("lines", "lines+markers", "steps"):
-            path = []
-            for i, (x, y) in enumerate(pts):
-                px, py = ax(x), ay(y)
-                if i and s.mode == "steps":
-                    path.append(f"L{px:.1f},{ay(pts[i - 1][1]):.1f}")
-                path.append(f"{'L' if i else 'M'}{px:.1f},{py:.1f}")
-            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{s.color}" '
-                       f'stroke-width="{s.width}"{op}><title>{_esc(s.name)}</title></path>')
-        if s.mode in ("markers", "lines+markers"):
-            labels = s.labels or [s.name] * len(s.points)
-            label_of = dict(zip(s.points, labels, strict=False))
-            for x, y in pts:
-                fill = "white" if s.hollow else s.color
-                tip = label_of.get((x, y), s.name)
-                out.append(f'<circle cx="{ax(x):.1f}" cy="{ay(y):.1f}" r="4" fill="{fill}" '
-                           f'stroke="{s.color}" stroke-width="1.5"{op}>'
-                           f"<title>{_esc(tip)}</title></circle>")
+        out += _series_svg(s, pts, ax, ay)
         if s.legend and s.name:
             lx = width - right + 12
             out.append(f'<rect x="{lx}" y="{legend_y - 8}" width="10" height="10" '
                        f'fill="{"white" if s.hollow else s.color}" stroke="{s.color}"/>')
-            out.append(f'<text x="{lx + 16}" y="{legend_y + 1}">{_esc(s.name[:20])}</text>')
+            out.append(f'<text x="{lx + 16}" y="{legend_y + 1}">{escape(s.name[:20])}</text>')
             legend_y += 18
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _gridline(start: tuple[str, str], end: tuple[str, str], label_at: tuple[str, str],
+              anchor: str, value: float) -> list[str]:
+    """A light grid line from `start` to `end` (SVG coordinates as written) and its tick label."""
+    return [
+        f'<line x1="{start[0]}" y1="{start[1]}" x2="{end[0]}" y2="{end[1]}" stroke="#eee"/>',
+        f'<text x="{label_at[0]}" y="{label_at[1]}" text-anchor="{anchor}" '
+        f'fill="#555">{escape(fmt(value))}</text>',
+    ]
+
+
+def _series_svg(s: Series, pts: list[tuple[float, float]], ax: _Axis, ay: _Axis) -> list[str]:
+    """The SVG of one series' visible points `pts`: its line (or staircase) and markers."""
+    out = []
+    op = f' opacity="{s.opacity}"' if s.opacity < 1 else ""
+    if s.mode in ("lines", "lines+markers", "steps"):
+        path = []
+        for i, (x, y) in enumerate(pts):
+            px, py = ax(x), ay(y)
+            if i and s.mode == "steps":
+                path.append(f"L{px:.1f},{ay(pts[i - 1][1]):.1f}")
+            path.append(f"{'L' if i else 'M'}{px:.1f},{py:.1f}")
+        out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{s.color}" '
+                   f'stroke-width="{s.width}"{op}><title>{escape(s.name)}</title></path>')
+    if s.mode in ("markers", "lines+markers"):
+        labels = s.labels or [s.name] * len(s.points)
+        label_of = dict(zip(s.points, labels, strict=False))
+        for x, y in pts:
+            fill = "white" if s.hollow else s.color
+            tip = label_of.get((x, y), s.name)
+            out.append(f'<circle cx="{ax(x):.1f}" cy="{ay(y):.1f}" r="4" fill="{fill}" '
+                       f'stroke="{s.color}" stroke-width="1.5"{op}>'
+                       f"<title>{escape(tip)}</title></circle>")
+    return out
 
 
 def bars(items: Sequence[tuple[str, float]], title: str, xlabel: str, width: int = 720) -> str:
@@ -196,39 +210,28 @@ def bars(items: Sequence[tuple[str, float]], title: str, xlabel: str, width: int
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" style="{_FONT};font-size:12px" role="img">',
-        f"<title>{_esc(title)}</title>",
-        f'<text x="10" y="20" font-size="14" font-weight="600">{_esc(title)}</text>',
+        f"<title>{escape(title)}</title>",
+        f'<text x="10" y="20" font-size="14" font-weight="600">{escape(title)}</text>',
     ]
     if not items:
         out.append(f'<text x="{left}" y="{top + 16}" fill="#888">not enough trials yet</text>')
     for i, (label, v) in enumerate(items):
         y = top + i * row
         w = max(1.0, span * v / hi)
-        out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{_esc(label)}</text>')
+        out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{escape(label)}</text>')
         out.append(f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" '
-                   f'fill="{PALETTE[0]}"><title>{_esc(label)}: {v:.3f}</title></rect>')
+                   f'fill="{PALETTE[0]}"><title>{escape(label)}: {v:.3f}</title></rect>')
         out.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}" fill="#555">{v:.3f}</text>')
     out.append(f'<text x="{left + span / 2:.0f}" y="{height - 8}" text-anchor="middle">'
-               f"{_esc(xlabel)}</text>")
+               f"{escape(xlabel)}</text>")
     out.append("</svg>")
     return "\n".join(out)
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (minimizing both), by x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best_y = [], math.inf
-    for i in order:
-        if points[i][1] < best_y:
-            front.append(i)
-            best_y = points[i][1]
-    return front
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -246,12 +249,12 @@ def page(title: str, sections: Sequence[tuple[str, str]], intro: str = "") -> st
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_esc(title)}</title><style>{css}</style></head><body>",
-        f"<h1>{_esc(title)}</h1>",
+        f"<title>{escape(title)}</title><style>{css}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
         intro,
     ]
     for heading, body in sections:
-        parts.append(f"<h2>{_esc(heading)}</h2>")
+        parts.append(f"<h2>{escape(heading)}</h2>")
         parts.append(body)
     parts.append("</body></html>")
     return "\n".join(parts)

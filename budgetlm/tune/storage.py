@@ -1,4 +1,4 @@
-"""Optuna storage: open a URL, retry what SQLite reports as busy, fail stale trials.
+"""Optuna storage: check and open a URL, retry what SQLite reports as busy, fail stale trials.
 
 - `sqlite:///PATH`: RDBStorage with a 60 s busy timeout and the database in WAL mode (readers do
   not block the writer); every storage call the tuner makes goes through `retry`, which backs
@@ -18,6 +18,7 @@ trial budget.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -31,6 +32,7 @@ T = TypeVar("T")
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
 NO_ATTRS_SECONDS = 120.0  # a RUNNING trial that never got its worker attrs
+_STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
 def _busy(exc: BaseException) -> bool:
@@ -57,6 +59,26 @@ def retry(fn: Callable[..., T], *args: Any, attempts: int = 30, **kwargs: Any) -
             time.sleep(delay)
             delay = min(1.0, delay * 2)
     raise AssertionError("unreachable")
+
+
+def check_storage_url(url: str) -> None:
+    """Reject what optuna cannot open, with the accepted forms in the message."""
+    accepted = "expected sqlite:///PATH, journal:PATH, postgresql://… or mysql://…"
+    if url.startswith("journal:"):
+        if not url[len("journal:"):].strip():
+            raise ValueError(f"journal: needs a file path ({accepted})")
+        return
+    m = re.match(r"^([a-z][a-z0-9]*)(\+[a-z0-9_]+)?://(.*)$", url)
+    if not m or m.group(1) not in _STORAGE_SCHEMES:
+        raise ValueError(f"unsupported storage URL {url!r}; {accepted}")
+    if m.group(1) == "sqlite":
+        path = m.group(3)
+        if not path.startswith("/") or len(path) < 2 or path in ("/:memory:",):
+            raise ValueError(
+                f"{url!r}: sqlite needs a file: sqlite:///relative/path.db or sqlite:////abs.db"
+            )
+    elif not m.group(3):
+        raise ValueError(f"{url!r}: missing host/database")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -159,6 +181,20 @@ def worker_attrs() -> dict[str, Any]:
         "worker_start": process_start(pid),
         "heartbeat": time.time(),
     }
+
+
+class Heartbeat:
+    """Called often while a trial runs: refreshes its `heartbeat` attr every
+    `HEARTBEAT_SECONDS`."""
+
+    def __init__(self, trial: Any):
+        self.trial = trial
+        self.last = time.time()
+
+    def __call__(self) -> None:
+        if time.time() - self.last >= HEARTBEAT_SECONDS:
+            self.last = time.time()
+            retry(self.trial.set_user_attr, "heartbeat", self.last)
 
 
 def stale_reason(attrs: dict[str, Any], started: Any, now: float | None = None) -> str | None:

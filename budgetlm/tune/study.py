@@ -22,16 +22,22 @@ import statistics
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from budgetlm.config import with_overrides
+from budgetlm.config import DataConfig, with_overrides
+from budgetlm.data import load_corpus
 from budgetlm.errors import UserError
-from budgetlm.runner.process import Outcome, run_trial_process
+from budgetlm.estimate import memory_breakdown
+from budgetlm.hardware import load_profile
+from budgetlm.runner import Outcome, SpawnLauncher, make_launcher, ready, run_trial_process
 from budgetlm.tune import storage as st
-from budgetlm.tune.spec import AXIS_SCALE, CategoricalParam, FloatParam, Study
+from budgetlm.tune.params import suggest_params
+from budgetlm.tune.pruning import PruneReporter
+from budgetlm.tune.resources import trial_env, trial_threads, trials_per_device
+from budgetlm.tune.samplers import make_pruner, make_sampler, quiet_optuna
+from budgetlm.tune.spec import Study
 from budgetlm.tune.trials import build_trial_config, infeasible, short_params
 
 OBJECTIVE_FROM_RESULT = {
@@ -47,63 +53,6 @@ OBJECTIVE_FROM_RESULT = {
 
 
 STALE_CHECK_SECONDS = 120.0
-
-
-def quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*(constant_liar|multivariate|group).*")
-
-
-def make_sampler(study: Study, seed: int) -> Any:
-    import optuna
-
-    s = study.spec.sampler
-    n = s.n_startup_trials
-    kw: dict[str, Any] = {"seed": seed}
-    if s.type == "tpe":
-        return optuna.samplers.TPESampler(
-            **kw, n_startup_trials=10 if n is None else n, multivariate=True,
-            constant_liar=True,
-        )
-    if s.type == "random":
-        return optuna.samplers.RandomSampler(**kw)
-    if s.type == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise UserError("sampler: cmaes needs the `cmaes` package (pip install cmaes)") \
-                from None
-        return optuna.samplers.CmaEsSampler(**kw, n_startup_trials=1 if n is None else n)
-    if s.type == "gp":
-        return optuna.samplers.GPSampler(**kw, n_startup_trials=10 if n is None else n)
-    budget = study.spec.budget.trials or 40
-    return optuna.samplers.NSGAIISampler(**kw, population_size=max(4, min(50, budget // 4)))
-
-
-def make_pruner(study: Study) -> Any:
-    import optuna
-
-    spec = study.spec
-    p, cap = spec.pruner, spec.trial_cap
-    scale = AXIS_SCALE[cap.kind]
-    if p.type == "none" or spec.multi:
-        return optuna.pruners.NopPruner()
-    if p.type == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=p.n_startup_trials, n_warmup_steps=int(p.warmup * scale)
-        )
-    min_res = p.min_resource if p.min_resource is not None else cap.value / 9
-    min_r = max(1, int(round(min_res * scale)))
-    if p.type == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=min_r, reduction_factor=p.reduction_factor
-        )
-    return optuna.pruners.HyperbandPruner(
-        min_resource=min_r, max_resource=cap.axis_max, reduction_factor=p.reduction_factor
-    )
 
 
 def open_study(study: Study, create: bool = True, seed: int | None = None) -> tuple[Any, bool]:
@@ -147,14 +96,7 @@ def open_study(study: Study, create: bool = True, seed: int | None = None) -> tu
     return obj, created
 
 
-def axis_step(units: float, axis_max: int, grid: int) -> int:
-    """The reporting step of a resource value: snapped down to a grid of `grid` cells over the
-    cap, so trials report at the same steps (MedianPruner compares values at equal steps)."""
-    cell = math.floor(units * grid / axis_max + 1e-9)
-    return int(round(cell * axis_max / grid))
-
-
-class _FileLock:
+class FileLock:
     """A lock shared by the threads of this process and the processes of this host."""
 
     def __init__(self, path: Path):
@@ -182,7 +124,7 @@ class Tuner:
         self.workers = workers or self.spec.workers
         self.log = log  # callable(str) for one-line events, or None
         self.stop = threading.Event()
-        self.lock = _FileLock(study.outdir / ".tune.lock")
+        self.lock = FileLock(study.outdir / ".tune.lock")
         self.rows: dict[int, dict[str, Any]] = {}
         self.rows_lock = threading.Lock()
         self.walls: list[float] = []
@@ -197,18 +139,14 @@ class Tuner:
 
     # -- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        from budgetlm.hardware import load_profile
-        from budgetlm.runner.launch import make_launcher, ready
-
+        """Start the launcher, load the profile and the data, open the study (failing stale
+        trials, enqueuing the study file's parameter sets once)."""
         spec = self.spec
         self.study.outdir.mkdir(parents=True, exist_ok=True)
         # The fork server imports torch while we measure/load the profile, data and storage.
         self.launcher = make_launcher(spec.launcher, log=self.study.outdir / "forkserver.log")
         self.profile = load_profile()
         if not any(k.startswith("data.") for k in spec.space):
-            from budgetlm.config import DataConfig
-            from budgetlm.data import load_corpus
-
             seq = None if "model.seq_len" in spec.space else self.study.base["model"]["seq_len"]
             load_corpus(DataConfig(**self.study.base["data"]), seq_len=seq)  # warm the cache
         with self.lock.hold():
@@ -242,19 +180,20 @@ class Tuner:
         """The fork server, or spawning if it has died (it should not; a trial cannot kill it)."""
         dead = getattr(self.launcher, "dead", None)
         if dead is not None and dead():
-            from budgetlm.runner.launch import SpawnLauncher
-
             self.notes.append("the trial fork server died; trials are spawned from now on")
             self.launcher = SpawnLauncher()
         return self.launcher
 
     def close(self) -> None:
+        """Stop the fork server, if any."""
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
 
     # -- budget ----------------------------------------------------------------------------
     def _budget_left(self) -> bool:
+        """Whether another trial may start: the time budget (less a typical trial) and the
+        trials that count are not used up."""
         from optuna.trial import TrialState
 
         b = self.spec.budget
@@ -289,98 +228,40 @@ class Tuner:
             return trial
 
     # -- one trial -------------------------------------------------------------------------
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for key, d in self.spec.space.items():
-            if isinstance(d, FloatParam):
-                params[key] = trial.suggest_float(key, d.low, d.high, log=d.log, step=d.step)
-            elif isinstance(d, CategoricalParam):
-                params[key] = trial.suggest_categorical(key, d.choices)
-            else:
-                params[key] = trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
-        return params
-
     def _row(self, number: int, **kw: Any) -> None:
         with self.rows_lock:
             self.rows.setdefault(number, {"number": number}).update(kw)
 
-    def _threads(self, cfg: Any) -> int | None:
-        """Torch threads of a trial: the study's `threads`, else the config's train.threads,
-        else (on a CPU, OMP_NUM_THREADS unset) this machine's cores shared by the workers."""
-        if self.spec.threads is not None:
-            return self.spec.threads
-        if cfg.train.threads is not None:
-            return int(cfg.train.threads)
-        if "OMP_NUM_THREADS" in os.environ or self.profile.device != "cpu":
-            return None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1
-        )
-        return max(1, cores // self.workers)
-
-    def _env(self, worker: int, threads: int | None) -> dict[str, str]:
-        env = dict(os.environ)
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        gpus = self.profile.gpu_count if self.profile.device == "cuda" else 0
-        if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in env:
-            env["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
-        return env
-
-    def _share(self) -> int:
-        if self.profile.device == "cuda":
-            return max(1, math.ceil(self.workers / max(1, self.profile.gpu_count)))
-        return self.workers
-
     def run_one(self, trial: Any, worker: int) -> Outcome:
+        """Sample, build, check and run one trial; how it ended (not yet told to the storage)."""
         spec = self.spec
         number = trial.number
-        params = self.suggest(trial)
+        params = suggest_params(trial, self.spec.space)
         self._row(number, params=short_params(params), state="RUNNING", started=time.monotonic())
         try:
             cfg = build_trial_config(self.study, params, number)
         except UserError as exc:
             return Outcome("pruned", "invalid", f"invalid config: {exc}")
-        threads = self._threads(cfg)
+        threads = trial_threads(spec, cfg, self.profile, self.workers)
         if threads is not None and cfg.train.threads != threads:
             cfg = with_overrides(cfg, [f"train.threads={threads}"])
         st.retry(trial.set_user_attr, "config", cfg.model_dump(mode="json"))
-        from budgetlm.estimate import memory_breakdown
-
         mem = memory_breakdown(cfg, device=self.profile.device).total
-        why = infeasible(cfg, spec.trial_cap, self.profile, share=self._share())
+        why = infeasible(cfg, spec.trial_cap, self.profile,
+                         share=trials_per_device(self.profile, self.workers))
         if why is not None:
             return Outcome("pruned", "infeasible", why, attrs={"memory_estimate": mem})
-        beat = [time.time()]
+        out = self._launch(trial, cfg, trial_env(worker, threads, self.profile))
+        out.attrs["memory_estimate"] = mem
+        out.attrs["launcher"] = self.launcher.name
+        if not self.stop.is_set() and out.kind != "interrupted":
+            self.walls.append(float(out.attrs.get("wall_seconds") or 0.0))
+        return out
 
-        def heartbeat() -> None:
-            if time.time() - beat[0] >= st.HEARTBEAT_SECONDS:
-                beat[0] = time.time()
-                st.retry(trial.set_user_attr, "heartbeat", beat[0])
-
-        target = spec.objectives[0]
-        can_prune = not spec.multi and target in ("val_bpb", "val_loss") and (
-            spec.pruner.type != "none"
-        )
-        kind, scale = spec.trial_cap.kind, AXIS_SCALE[spec.trial_cap.kind]
-        grid = spec.evals or 10
-        last_step = [-1]
-
-        def report(rec: dict[str, Any]) -> str | None:
-            value = rec.get(target)
-            if not can_prune or value is None or not math.isfinite(float(value)):
-                return None
-            axis = {"time": rec.get("elapsed"), "tokens": rec.get("tokens"),
-                    "flops": rec.get("flops"), "steps": rec.get("step")}[kind]
-            step = axis_step(float(axis or 0.0) * scale, spec.trial_cap.axis_max, grid)
-            if step <= last_step[0]:
-                return None  # a second eval in the same grid cell adds nothing for the pruner
-            last_step[0] = step
-            st.retry(trial.report, float(value), step)
-            if st.retry(trial.should_prune):
-                where = f"{float(axis):.1f} s" if kind == "time" else f"{float(axis):.3g} {kind}"
-                return f"pruned by {spec.pruner.type} at {where} ({target} {float(value):.4f})"
-            return None
+    def _launch(self, trial: Any, cfg: Any, env: dict[str, str]) -> Outcome:
+        """Run the trial's process, reporting to the pruner and the live table as it goes."""
+        number = trial.number
+        target = self.spec.objectives[0]
 
         def on_eval(rec: dict[str, Any]) -> None:
             self._row(number, value=rec.get(target), reached=rec.get("elapsed"))
@@ -389,20 +270,17 @@ class Tuner:
             self.child_pids[number] = pid
             st.retry(trial.set_user_attr, "trainer_pid", pid)
 
-        run_dir = self.study.outdir / "trials" / str(number)
         out = run_trial_process(
-            cfg, run_dir, spec.trial_cap, report=report, stop=self.stop, heartbeat=heartbeat,
-            on_start=on_start, on_eval=on_eval, env=self._env(worker, threads),
+            cfg, self.study.outdir / "trials" / str(number), self.spec.trial_cap,
+            report=PruneReporter(trial, self.spec), stop=self.stop,
+            heartbeat=st.Heartbeat(trial), on_start=on_start, on_eval=on_eval, env=env,
             launcher=self._launcher(),
         )
         self.child_pids.pop(number, None)
-        out.attrs["memory_estimate"] = mem
-        out.attrs["launcher"] = self.launcher.name
-        if not self.stop.is_set() and out.kind != "interrupted":
-            self.walls.append(float(out.attrs.get("wall_seconds") or 0.0))
         return out
 
     def finish(self, trial: Any, out: Outcome) -> None:
+        """Tell the storage how the trial ended (its values, or PRUNED/FAIL with the reason)."""
         import optuna
         from optuna.trial import TrialState
 
@@ -444,6 +322,7 @@ class Tuner:
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, index: int) -> None:
+        """One worker thread: claim, run and finish trials until the budget is spent."""
         consecutive = 0
         while not self.stop.is_set():
             try:
@@ -505,41 +384,5 @@ class Tuner:
                 signal.signal(sig, handler)
 
     def elapsed(self) -> float:
+        """Seconds since the tuner started."""
         return time.monotonic() - self.t_start
-
-
-def live_table(tuner: Tuner) -> Any:
-    """The rich table shown while the study runs: the latest trials and the budget."""
-    from rich import box
-    from rich.table import Table
-
-    spec = tuner.spec
-    target = spec.objectives[0]
-    with tuner.rows_lock:
-        rows = [dict(r) for r in tuner.rows.values()]
-    done = [r for r in rows if r.get("state") == "COMPLETE" and r.get("value") is not None]
-    best = min(done, key=lambda r: r["value"]) if done else None
-    budget = []
-    if spec.budget.trials:
-        budget.append(f"{len(rows)}/{spec.budget.trials} trials this run")
-    if spec.budget.time:
-        budget.append(f"{tuner.elapsed():.0f}/{spec.budget.time:g} s")
-    best_txt = f" · best {target} {best['value']:.4f} (trial {best['number']})" if best else ""
-    t = Table(title=f"tuning {spec.name} · {' · '.join(budget)}{best_txt}",
-              box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("#", "state", target, "s", "params", "reason"):
-        t.add_column(col, justify="left" if col in ("state", "params", "reason") else "right",
-                     no_wrap=col != "reason", overflow="ellipsis")
-    now = time.monotonic()
-    for r in sorted(rows, key=lambda r: r["number"])[-18:]:
-        secs = r.get("wall")
-        if secs is None and r.get("started") is not None:
-            secs = now - r["started"]
-        value = r.get("value")
-        t.add_row(
-            str(r["number"]), r.get("state", ""),
-            f"{value:.4f}" if isinstance(value, float) else "-",
-            f"{secs:.0f}" if secs is not None else "",
-            r.get("params", ""), (r.get("reason") or "")[:70],
-        )
-    return t

@@ -1,0 +1,233 @@
+"""The whole calibration: design (or reuse) the pilots, run the missing ones, fit, write
+fit.json, and plan the rest of the budget from the fitted law."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from budgetlm import hardware
+from budgetlm.calibrate.design import Design, DesignOptions, PilotDesigner, design, fingerprint
+from budgetlm.calibrate.files import FitFile
+from budgetlm.calibrate.fit import fit_pilots
+from budgetlm.calibrate.run import PilotRunner, read_records
+from budgetlm.config import DataConfig
+from budgetlm.data import load_corpus
+from budgetlm.errors import UserError
+from budgetlm.plan import Budget, Plan, plan
+from budgetlm.units import write_json
+
+PILOT_FRACTION = 0.2
+MAX_PILOT_FRACTION = 0.5
+LEVELS = 3
+SIZES = 3
+LEVEL_RATIO = 3.0  # compute of consecutive levels
+SIZE_SPREAD = 3.0  # parameters of consecutive sizes within a level
+EXIT_RESERVE_S = 2.0  # of a --time budget: writing the plan and fit.json, the process's exit
+
+
+@dataclass
+class Calibration:
+    """What a calibration did: the fit (fit.json's content), the plan of the rest, the pilots."""
+
+    fit: dict[str, Any]
+    fit_path: Path
+    plan_path: Path | None
+    plan: Plan | None
+    reused: int
+    ran: int
+    pilot_seconds: float
+    notes: list[str]
+
+
+def state_dir(out: Path) -> Path:
+    """Where pilots and the design live: `fit.json` -> `fit.pilots/`."""
+    return out.with_name(out.stem + ".pilots")
+
+
+def plan_path(out: Path) -> Path:
+    """The runnable plan of the rest: `fit.json` -> `fit.plan.yaml`."""
+    return out.with_name(out.stem + ".plan.yaml")
+
+
+def check_options(options: DesignOptions, out: Path) -> None:
+    """UserError for a design no IsoFLOP fit can come from, or an unusable output path."""
+    if not 0 < options.fraction <= MAX_PILOT_FRACTION:
+        raise UserError(
+            f"--pilot-fraction: expected a share of the budget in (0, {MAX_PILOT_FRACTION}], "
+            f"got {options.fraction:g}"
+        )
+    if options.levels < 3:
+        raise UserError("--levels: an IsoFLOP fit needs at least 3 compute levels, got "
+                        f"{options.levels}")
+    if options.sizes < 3:
+        raise UserError("--sizes: each IsoFLOP profile needs at least 3 model sizes, got "
+                        f"{options.sizes}")
+    if options.level_ratio <= 1 or options.size_spread <= 1:
+        raise UserError("--level-ratio and --size-spread: must be greater than 1")
+    if out.suffix != ".json":
+        raise UserError(f"-o {out}: expected a .json file name")
+    if out.exists() and out.is_dir():
+        raise UserError(f"-o {out}: is a directory")
+
+
+def saved_design(path: Path, fp: dict[str, Any]) -> Design | None:
+    """The design saved at `path` when it was made for `fp` (UserError when it was made for
+    another calibration; None when there is none, or it cannot be read)."""
+    if not path.exists():
+        return None
+    try:
+        old = Design.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None
+    if old.fingerprint != fp:
+        raise UserError(
+            f"calibrate: {path.parent} holds pilots of a different calibration (budget, data or "
+            "design options differ); use another -o or delete that directory"
+        )
+    return old
+
+
+def default_seq_len(budget: Any, data: DataConfig, profile: Any, precision: str) -> int:
+    """The sequence length the prior plan picks for the whole budget (untimed: instant)."""
+    try:
+        p = plan(budget, data=data, profile=profile if budget.kind == "time" else None,
+                 timing=False, precisions=[precision] if budget.kind == "time" else None)
+    except UserError:
+        return 128 if profile.device == "cpu" else 1024
+    return int(p.top.seq_len)
+
+
+def plan_rest(budget: Any, data: DataConfig, fit: dict[str, Any], pilot_seconds: float,
+              profile: Any) -> tuple[Plan | None, str | None]:
+    """Plan what the pilots left of the budget from the fitted law. `pilot_seconds`: the wall
+    time calibrate has used so far (earlier invocations' pilots included). Returns the plan, or
+    None and a note saying why there is none."""
+    if budget.kind == "flops":
+        used = sum(float(p.get("flops") or 0.0) for p in fit["pilots"])
+        rest = Budget(flops=max(float(budget.flops) - used, 1.0))
+    elif budget.kind == "time":
+        # the plan times real steps of its best candidates (spend_planning: that time, too,
+        # comes out of the run's)
+        rest = Budget(seconds=float(budget.seconds) - pilot_seconds - EXIT_RESERVE_S)
+    else:
+        hours = float(budget.device_hours) - pilot_seconds / 3600.0 * max(1, budget.gpus)
+        rest = Budget(gpu_hours=hours, gpus=budget.gpus, gpu=budget.gpu)
+    for v in (rest.seconds, rest.flops, rest.gpu_hours):
+        if v is not None and v <= 0:
+            return None, "no budget left after the pilots: nothing planned"
+    try:
+        p = plan(rest, data=data, fit=fit, profile=profile if rest.kind == "time" else None,
+                 timing=rest.kind == "time", spend_planning=rest.kind == "time")
+    except UserError as exc:
+        return None, f"planning the rest failed: {exc}"
+    return p, None
+
+
+def plan_summary(p: Plan, path: Path, bpb_per_nat: float | None) -> dict[str, Any]:
+    """fit.json's "plan": the top candidate of the plan of the rest, in bits per byte too."""
+    top = p.top
+    out: dict[str, Any] = {
+        "name": top.name, "params": top.params, "tokens": top.tokens, "flops": top.flops,
+        "loss": top.loss, "loss_lo": top.loss_lo, "loss_hi": top.loss_hi,
+        "seconds": top.seconds, "budget": p.budget.to_dict(), "path": str(path),
+    }
+    if bpb_per_nat:
+        out.update({k.replace("loss", "bpb"): out[k] * bpb_per_nat
+                    for k in ("loss", "loss_lo", "loss_hi") if out[k] is not None})
+    return out
+
+
+def _write_plan(fit: dict[str, Any], budget: Any, data: DataConfig, used: float, profile: Any,
+                out: Path) -> tuple[Plan | None, Path | None]:
+    """Plan the rest, write it beside fit.json and summarize it in `fit` (or note why not)."""
+    t_plan = time.perf_counter()
+    the_plan, note = plan_rest(budget, data, fit, used, profile)
+    if note:
+        fit["notes"].append(note)
+    if the_plan is None:
+        return None, None
+    fit["plan_seconds"] = round(time.perf_counter() - t_plan, 3)
+    ppath = plan_path(out)
+    the_plan.write(ppath)
+    fit["plan"] = plan_summary(the_plan, ppath, fit.get("bpb_per_nat"))
+    return the_plan, ppath
+
+
+def _design_or_reuse(budget: Any, data: DataConfig, corpus: Any, profile: Any,
+                     options: DesignOptions, seq_len: int | None, precision: str, seed: int,
+                     state: Path, say: Callable[[str], None]) -> tuple[Design, bool]:
+    """The design saved in `state` for these options, or a new one (saved). Returns it and
+    whether it was made now."""
+    fp = fingerprint(budget, data, options, seq_len, seed, corpus.info.get("sha256"))
+    dpath = state / "design.json"
+    d = saved_design(dpath, fp)
+    if d is not None:
+        return d, False
+    T = seq_len or default_seq_len(budget, data, profile, precision)
+    d = design(budget, data, corpus, profile, options, T, precision, seed, fp, say)
+    write_json(dpath, d.to_dict(), indent=1)
+    return d, True
+
+
+def calibrate(
+    budget: Any,
+    data: DataConfig,
+    out: Path,
+    fraction: float = PILOT_FRACTION,
+    levels: int = LEVELS,
+    sizes: int = SIZES,
+    level_ratio: float = LEVEL_RATIO,
+    size_spread: float = SIZE_SPREAD,
+    seq_len: int | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
+    write_plan: bool = True,
+    log: Callable[[str], None] | None = None,
+    launcher_kind: str = "fork",
+) -> Calibration:
+    """Design (or reuse) the pilots, run the missing ones, fit, write fit.json, plan the rest."""
+    t_start = time.perf_counter()
+    say = log or (lambda _msg: None)
+    options = DesignOptions(fraction, levels, sizes, level_ratio, size_spread)
+    check_options(options, out)
+    profile = hardware.cached_profile() or hardware.load_profile()
+    corpus = load_corpus(data)
+    precision = "fp32" if profile.device == "cpu" else (
+        "bf16" if profile.peak("bf16") else "fp32"
+    )
+    state = state_dir(out)
+    state.mkdir(parents=True, exist_ok=True)
+    records = read_records(state / "pilots.jsonl")
+    d, designed_now = _design_or_reuse(budget, data, corpus, profile, options, seq_len,
+                                       precision, seed, state, say)
+    reused = sum(1 for p in d.pilots if records.get(p.key, {}).get("state") == "complete")
+    if reused:
+        say(f"reusing {reused} finished pilot(s) from {state / 'pilots.jsonl'}")
+    spent = d.design_seconds + sum(float(r.get("wall_seconds") or 0.0) for r in records.values())
+    # wall time of earlier invocations (their design and pilots): this one is timed whole
+    earlier = spent - (d.design_seconds if designed_now else 0.0)
+    designer = PilotDesigner(data, profile, corpus, d.seq_len, d.precision, seed)
+    runner = PilotRunner(d, designer, state, records, spent, say, launcher_kind)
+    runner.run()
+
+    t_fit = time.perf_counter()
+    fit = fit_pilots(d, records, corpus, data, budget, fraction, bootstrap, seed)
+    # the pilots' cost: the design (timing shapes), every pilot run (earlier invocations too)
+    # and the fit; not this process's start-up
+    pilot_seconds = runner.spent + time.perf_counter() - t_fit
+    fit["pilot_seconds"] = round(pilot_seconds, 3)
+    fit["notes"] = runner.notes
+    the_plan, ppath = None, None
+    if write_plan:
+        used = max(pilot_seconds, earlier + time.perf_counter() - t_start)
+        the_plan, ppath = _write_plan(fit, budget, data, used, profile, out)
+    fit["calibrate_seconds"] = round(time.perf_counter() - t_start, 3)
+    fit = FitFile.model_validate(fit).model_dump()
+    write_json(out, fit, indent=1)
+    return Calibration(fit=fit, fit_path=out, plan_path=ppath, plan=the_plan, reused=reused,
+                       ran=runner.ran, pilot_seconds=pilot_seconds, notes=fit["notes"])

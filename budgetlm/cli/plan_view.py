@@ -1,0 +1,116 @@
+"""A plan on the terminal: the ranked candidates, the Pareto front, the compute-optimal point
+and the planner's notes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from budgetlm.cli.root import console
+from budgetlm.plan import TIMED
+from budgetlm.units import format_count, format_count_fixed, short_bytes
+
+RANKED_COLUMNS = ("L×d", "N", "D", "ep", "T", "mb×acc", "prec", "lr", "time", "mem")
+FRONT_COLUMNS = ("L×d", "N", "D", "T", "prec", "mb×acc", "time", "mem")
+FRONT_ROWS = 12
+LEFT_ALIGNED = ("L×d", "prec")
+
+
+def print_plan(p: Any, top: int) -> None:
+    """The whole plan: first line, top `top` candidates, Pareto front, optimum and notes."""
+    console.print(p.first_line, highlight=False, soft_wrap=True)
+    loss_column = _loss_column(p)
+    heads = (*RANKED_COLUMNS, loss_column)
+    ranked = _table(
+        f"ranked candidates (best {min(top, len(p.candidates))} of "
+        f"{len(p.candidates)} feasible; N params, D tokens, ep epochs, T seq; "
+        f"{p.law.kind}: predicted loss, nats/token)",
+        heads,
+    )
+    for c in p.candidates[:top]:
+        ranked.add_row(*plan_row(c))
+    console.print(ranked)
+    axes = " vs ".join(a.replace("_bytes", "") for a in p.pareto_axes)
+    keep = (*FRONT_COLUMNS, loss_column)
+    front = _table(f"Pareto front ({axes}: non-dominated)", keep)
+    for c in p.front[:FRONT_ROWS]:
+        row = dict(zip(heads, plan_row(c), strict=True))
+        front.add_row(*(row[k] for k in keep))
+    console.print(front)
+    console.print(_optimum_line(p), highlight=False, soft_wrap=True)
+    if any(c.extrapolated for c in p.candidates[:top]):
+        console.print("[dim]* outside the range the law was fitted on[/]", highlight=False)
+    for note in p.notes:
+        console.print(f"[dim]· {note}[/]", highlight=False, soft_wrap=True)
+
+
+def _loss_column(p: Any) -> str:
+    """The heading of the loss column: the law's kind, with the interval level of a fit."""
+    kind = p.law.kind
+    if kind == "fit" and p.candidates and p.candidates[0].loss_lo is not None:
+        lvl = float(p.law.extra.get("interval_level", 0.9))
+        kind = f"fit ({lvl:.0%} interval)"
+    return kind
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+              collapse_padding=True)
+    for col in columns:
+        t.add_column(col, justify="left" if col in LEFT_ALIGNED else "right", no_wrap=True)
+    return t
+
+
+def _optimum_line(p: Any) -> str:
+    opt = p.optimum
+    cf = opt["closed_form"]
+    line = (
+        f"compute-optimal for {opt['flops']:.3g} FLOPs ({p.law.name} {p.law.kind}, "
+        f"{cf['method']}): N={format_count_fixed(cf['params'])}, "
+        f"D={format_count_fixed(cf['tokens'])}; "
+        f"top candidate: N={format_count_fixed(opt['top_candidate']['params'])}, "
+        f"D={format_count_fixed(opt['top_candidate']['tokens'])}"
+    )
+    if "data_constrained" in opt:
+        dc = opt["data_constrained"]
+        line += (f"; data-constrained optimum: N={format_count_fixed(dc['params'])}, "
+                 f"{dc['epochs']:.1f} epochs")
+    return line
+
+
+def cell_duration(seconds: float | None) -> str:
+    """Seconds for a narrow table cell: '45s', '12.5m', '3.2h'; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def plan_row(c: Any) -> list[str]:
+    """One candidate as the cells of the ranked table (RANKED_COLUMNS, then the loss)."""
+    mant, exp = f"{c.lr:.1e}".split("e")
+    batch = f"{c.micro_batch}×{c.grad_accum}" + (f"×{c.devices}" if c.devices > 1 else "")
+    when = cell_duration(c.seconds)
+    if c.time_source == TIMED and c.seconds is not None:
+        when += "ᵗ"
+    loss = f"{c.loss:.3f}" + ("*" if c.extrapolated else "")
+    if c.loss_lo is not None:
+        loss += f" ({c.loss_lo:.3f}–{c.loss_hi:.3f})"
+    return [
+        f"{c.shape.n_layer}×{c.shape.d_model}",
+        format_count(c.params),
+        format_count(c.tokens),
+        f"{c.epochs:.1f}",
+        str(c.seq_len),
+        batch,
+        c.precision + ("+ckpt" if c.checkpointing else ""),
+        f"{mant}e{int(exp)}",
+        when,
+        short_bytes(c.memory_bytes) if c.memory_bytes is not None else "-",
+        loss,
+    ]

@@ -1,0 +1,267 @@
+"""The typed run configuration: one `RunConfig` flows from the CLI through estimate, plan, tune
+and train. Every field carries its own help text (it becomes the JSON Schema description).
+
+Derived values live here once: `tokens_per_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from budgetlm.errors import UserError, format_validation_error
+
+Family = Literal["gpt", "bert", "t5"]
+Positions = Literal["learned", "rope", "relative"]
+Norm = Literal["layernorm", "rmsnorm"]
+Mlp = Literal["gelu", "relu", "swiglu"]
+Attention = Literal["sdpa", "eager"]
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adafactor", "lion", "lamb", "muon"]
+ScheduleName = Literal["constant", "linear", "cosine", "wsd"]
+ScheduleDriver = Literal["auto", "steps", "time", "tokens", "flops"]
+Precision = Literal["fp32", "bf16", "fp16"]
+TokenizerName = Literal["byte", "char", "bpe"]
+Device = Literal["auto", "cpu", "cuda"]
+
+OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
+PRECISIONS: tuple[str, ...] = Precision.__args__  # type: ignore[attr-defined]
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    """Transformer shape and architecture choices."""
+
+    family: Family = Field("gpt", description="gpt (causal LM), bert (masked LM) or t5 (enc-dec)")
+    n_layer: int = Field(2, ge=1, description="transformer blocks (encoder blocks for t5)")
+    n_decoder_layer: int | None = Field(
+        None, ge=1, description="decoder blocks (t5 only; defaults to n_layer)"
+    )
+    n_head: int = Field(2, ge=1, description="attention heads")
+    d_model: int = Field(64, ge=1, description="residual stream width")
+    d_ff: int | None = Field(None, ge=1, description="MLP hidden width (default 4 * d_model)")
+    d_head: int | None = Field(
+        None, ge=1, description="per-head width (default d_model / n_head; t5 may differ)"
+    )
+    vocab_size: int = Field(256, ge=2, description="vocabulary size (set from the tokenizer)")
+    seq_len: int = Field(64, ge=1, description="context length in tokens")
+    positions: Positions = Field("learned", description="learned, rope or relative (t5 bias)")
+    norm: Norm = Field("layernorm", description="layernorm or rmsnorm")
+    mlp: Mlp = Field("gelu", description="gelu, relu or swiglu (gated; three matrices)")
+    bias: bool = Field(True, description="biases in linear layers and norms")
+    tie_embeddings: bool = Field(True, description="share the input embedding with the LM head")
+    attention: Attention = Field(
+        "sdpa", description="sdpa (fused scaled_dot_product_attention) or eager (explicit scores)"
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+    mask_rate: float = Field(0.15, gt=0.0, lt=1.0, description="masked-LM mask rate (bert)")
+    rope_theta: float = Field(10000.0, gt=0.0, description="rotary base (positions=rope)")
+    relative_buckets: int = Field(32, ge=1, description="relative-position buckets (t5)")
+    norm_eps: float = Field(1e-5, gt=0.0, description="normalization epsilon")
+    init_std: float = Field(0.02, gt=0.0, description="init std; residual projections scaled")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelConfig:
+        if self.d_head is None and self.d_model % self.n_head != 0:
+            raise ValueError(
+                f"n_head ({self.n_head}) must divide d_model ({self.d_model})"
+            )
+        if self.n_decoder_layer is not None and self.family != "t5":
+            raise ValueError("n_decoder_layer applies to family t5 only")
+        if self.positions == "relative" and self.family != "t5":
+            raise ValueError("positions=relative is the t5 bias; use learned or rope")
+        return self
+
+    @property
+    def ff(self) -> int:
+        """MLP hidden width after defaults."""
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_head
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layer if self.n_decoder_layer is not None else self.n_layer
+
+
+class OptimConfig(StrictModel):
+    """Optimizer and its hyperparameters."""
+
+    name: OptimizerName = Field(
+        "adamw", description="sgd|adam|adamw|rmsprop|adafactor|lion|lamb|muon"
+    )
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(0.1, ge=0.0, description="decoupled weight decay (0 disables)")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="first-moment decay")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="second-moment decay")
+    eps: float = Field(1e-8, gt=0.0, description="denominator epsilon")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="momentum (sgd, rmsprop, muon)")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd, muon)")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="clip global grad norm (null: off)")
+    decay_all: bool = Field(
+        False, description="also decay norms, biases and embeddings (off by default)"
+    )
+    muon_lr: float | None = Field(
+        None, gt=0.0, description="Muon lr for 2-D hidden weights (default 0.02)"
+    )
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate schedule; driven by steps or by the elapsed fraction of a cap."""
+
+    name: ScheduleName = Field("cosine", description="constant|linear|cosine|wsd")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup length in optimizer steps")
+    warmup_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="warmup as a fraction of run progress (either applies)"
+    )
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr / peak lr")
+    decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd: share spent decaying")
+    driver: ScheduleDriver = Field(
+        "auto",
+        description="progress measure: steps, or elapsed fraction of the time/tokens/flops cap; "
+        "auto picks the cap that binds first",
+    )
+
+
+class DataConfig(StrictModel):
+    """Corpus and tokenizer."""
+
+    source: str = Field(
+        "builtin:pystdlib",
+        description="file, directory, .jsonl, .parquet, builtin:pystdlib or "
+        "synthetic:markov[:k=v,...]",
+    )
+    val_source: str | None = Field(None, description="explicit validation source (else a split)")
+    tokenizer: TokenizerName = Field("byte", description="byte, char or bpe")
+    bpe_vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size")
+    text_field: str = Field("text", description="field (jsonl) or column (parquet) with the text")
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="held-out share of the corpus")
+    max_bytes: int | None = Field(None, ge=1, description="read at most this many bytes")
+    cache_dir: str | None = Field(None, description="token cache directory (default user cache)")
+
+
+class TrainConfig(StrictModel):
+    """Precision, batching, caps, evaluation and checkpointing."""
+
+    precision: Precision = Field("fp32", description="fp32, bf16 (autocast) or fp16 (+GradScaler)")
+    micro_batch: int | Literal["auto"] = Field(8, description="sequences per micro-batch, or auto")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    activation_checkpointing: bool = Field(False, description="recompute each block in backward")
+    compile: bool = Field(False, description="torch.compile the model")
+    device: Device = Field("auto", description="auto, cpu or cuda")
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads for torch (null: torch's default; tiny models often run "
+        "fastest on 1, and a loaded machine punishes oversubscription)",
+    )
+    max_steps: int | None = Field(None, ge=1, description="cap: optimizer steps")
+    max_tokens: int | None = Field(None, ge=1, description="cap: training tokens")
+    max_flops: float | None = Field(None, gt=0.0, description="cap: training FLOPs (estimated)")
+    max_time: float | None = Field(None, gt=0.0, description="cap: wall seconds of training")
+    eval_interval: int = Field(100, ge=1, description="evaluate every N optimizer steps")
+    eval_time_interval: float | None = Field(
+        None, gt=0.0, description="also evaluate every N seconds"
+    )
+    eval_tokens: int = Field(65536, ge=1, description="tokens in the fixed validation set")
+    log_interval: int = Field(10, ge=1, description="log every N optimizer steps")
+    patience: int | None = Field(None, ge=1, description="early stop after N evals w/o gain")
+    min_delta: float = Field(0.0, ge=0.0, description="improvement that resets patience")
+    checkpoint_interval: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")
+    init_from: str | None = Field(None, description="start weights from this checkpoint")
+
+    @property
+    def has_cap(self) -> bool:
+        return any(
+            v is not None for v in (self.max_steps, self.max_tokens, self.max_flops, self.max_time)
+        )
+
+
+class RunConfig(StrictModel):
+    """Everything one training run needs. A file of this shape is what `budgetlm train` runs."""
+
+    name: str = Field("run", description="run name")
+    seed: int = Field(0, description="random seed (same seed + machine -> same loss curve)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    meta: dict[str, Any] = Field(
+        default_factory=dict, description="free-form notes (plan predictions, provenance)"
+    )
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step consumes (micro_batch must be resolved, not "auto")."""
+        mb = self.train.micro_batch
+        if mb == "auto":
+            raise ValueError("micro_batch is auto; resolve it first")
+        return tokens_per_step(mb, self.train.grad_accum, self.model.seq_len)
+
+    @property
+    def prediction(self) -> Prediction | None:
+        """The plan's prediction for this run (`meta.predicted`), typed; None when unplanned."""
+        raw = self.meta.get("predicted")
+        return Prediction.model_validate(raw) if isinstance(raw, dict) else None
+
+    @model_validator(mode="after")
+    def _check_prediction(self) -> RunConfig:
+        raw = self.meta.get("predicted")
+        if raw is not None:
+            if not isinstance(raw, dict):
+                raise ValueError("meta.predicted: expected a mapping")
+            try:
+                Prediction.model_validate(raw)
+            except ValidationError as exc:
+                raise ValueError(f"meta.predicted: {format_validation_error(exc)}") from None
+        return self
+
+
+def tokens_per_step(micro_batch: int, grad_accum: int, seq_len: int) -> int:
+    """Tokens in one optimizer step: micro-batch x accumulation steps x sequence length.
+
+    `grad_accum` counts the micro-steps of one global batch over all ranks (the trainer splits
+    them over data-parallel ranks), so this is the global batch in tokens."""
+    return micro_batch * grad_accum * seq_len
+
+
+class Prediction(BaseModel):
+    """What a plan predicted for a run (`meta.predicted` of a planned config). `budgetlm train`
+    reports it against the actual result; a run planned from a fitted law gets predicted vs
+    actual loss in result.json. The plan's other facts (params, tokens, seconds, …) ride along.
+    """
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    loss: float
+    """predicted final validation loss (nats/token)"""
+    loss_kind: Literal["prior", "fit"]
+    """prior: a published law (fitted on its own data and tokenizer); fit: this corpus's law"""
+    loss_lo: float | None = None
+    """lower end of the loss interval (fitted laws)"""
+    loss_hi: float | None = None
+    """upper end of the loss interval (fitted laws)"""
+    interval_level: float | None = None
+    """coverage of [loss_lo, loss_hi]"""
+    bpb: float | None = None
+    """predicted bits per byte (fitted laws)"""
+    bpb_lo: float | None = None
+    """lower end of the bits-per-byte interval"""
+    bpb_hi: float | None = None
+    """upper end of the bits-per-byte interval"""
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """A RunConfig from plain data; a one-line UserError naming `source` and the field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {format_validation_error(exc)}") from None

@@ -1,0 +1,211 @@
+"""plan.json: what `Plan.to_dict()` returns and `Plan.write()` writes, as pydantic models.
+
+`PlanFile` is the file; `budgetlm schema plan` prints its JSON schema. Numbers typed `Number`
+stay as computed (an integer count stays an integer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+if TYPE_CHECKING:
+    from budgetlm.plan.planner import Plan
+    from budgetlm.plan.pricing import Candidate
+
+Number = int | float
+
+
+class Record(BaseModel):
+    """A block of a budgetlm JSON file: its fields in file order, nothing else. Fields named in
+    `omitted_when_none` are left out of the file when they have no value (instead of null)."""
+
+    model_config = ConfigDict(extra="forbid")
+    omitted_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if not self.omitted_when_none:
+            return out
+        return {k: v for k, v in out.items() if v is not None or k not in self.omitted_when_none}
+
+
+class BudgetRecord(Record):
+    """The budget as given (only the values that were set)."""
+
+    omitted_when_none = frozenset({"gpu_hours", "flops", "seconds", "cost", "price", "gpu"})
+
+    kind: str = Field(description="gpu_hours, flops, time or cost")
+    gpu_hours: float | None = Field(None, description="GPU-hours (--gpu-hours)")
+    flops: float | None = Field(None, description="model FLOPs of training (--flops)")
+    seconds: float | None = Field(None, description="wall seconds on this machine (--time)")
+    cost: float | None = Field(None, description="money to spend (--cost)")
+    price: float | None = Field(None, description="price per GPU-hour (--price)")
+    gpu: str | None = Field(None, description="GPU named with --gpu")
+    gpus: int = Field(description="GPUs used together (data parallel)")
+
+
+class DeviceRecord(Record):
+    """Where the budget is spent."""
+
+    kind: str = Field(description="cpu, cuda or none (a FLOP budget with no --gpu)")
+    name: str = Field(description="the device in words, e.g. '8 x NVIDIA A100 80GB'")
+    devices: int = Field(description="devices used together")
+    source: str = Field(description="measured, datasheet or none: where its speed comes from")
+    memory_bytes: Number | None = Field(description="memory of one device")
+    memory_limit: float | None = Field(description="memory a plan may use per device")
+    wall_seconds: float | None = Field(description="wall seconds available")
+    flops: float | None = Field(description="model FLOPs available (FLOP budgets)")
+
+
+class DataRecord(Record):
+    """The corpus planned for."""
+
+    source: str | None = Field(description="--data source (null when not given)")
+    tokenizer: str = Field(description="tokenizer of the exported config")
+    unique_tokens: int | None = Field(description="unique training tokens (null: unlimited)")
+    vocab_size: int = Field(description="vocabulary size the models are priced with")
+
+
+class ClosedFormOptimum(Record):
+    """The law's compute-optimal allocation at the top candidate's compute."""
+
+    params: Number = Field(description="optimal parameter count")
+    tokens: Number = Field(description="optimal training tokens")
+    method: str = Field(description="how it was found")
+
+
+class ParamsTokens(Record):
+    """A model size and its training tokens."""
+
+    params: Number = Field(description="parameters (as the law counts them)")
+    tokens: Number = Field(description="training tokens")
+
+
+class DataConstrainedOptimum(ParamsTokens):
+    """The optimum when the unique data is limited (repeated epochs priced)."""
+
+    epochs: float = Field(description="passes over the unique data")
+
+
+class OptimumRecord(Record):
+    """Compute-optimal allocations next to the top candidate's."""
+
+    omitted_when_none = frozenset({"data_constrained"})
+
+    flops: float = Field(description="the top candidate's model FLOPs")
+    closed_form: ClosedFormOptimum
+    top_candidate: ParamsTokens
+    data_constrained: DataConstrainedOptimum | None = Field(
+        None, description="present when the unique tokens are known"
+    )
+
+
+class CandidateRecord(Record):
+    """One configuration priced against the budget."""
+
+    name: str = Field(description="L<layers>-d<width>-T<seq_len>-<precision>")
+    n_layer: int
+    d_model: int
+    n_head: int
+    seq_len: int
+    vocab_size: int
+    params: int = Field(description="total parameters")
+    non_embedding_params: int
+    precision: str
+    micro_batch: int = Field(description="sequences per micro-step per device")
+    grad_accum: int = Field(description="micro-steps per device per optimizer step")
+    devices: int
+    global_batch_tokens: int = Field(description="tokens per optimizer step, all devices")
+    checkpointing: bool = Field(description="activation checkpointing")
+    lr: float = Field(description="peak learning rate")
+    tokens: int = Field(description="training tokens")
+    steps: int = Field(description="optimizer steps")
+    epochs: float = Field(description="passes over the unique data")
+    effective_tokens: Number = Field(description="tokens as worth fresh data (Muennighoff)")
+    flops: float = Field(description="model FLOPs of the run")
+    flops_per_token: float = Field(description="model FLOPs per token (forward + backward)")
+    tokens_per_s: float | None = Field(description="throughput, all devices")
+    seconds: float | None = Field(description="predicted wall seconds")
+    mfu: float | None = Field(description="model FLOPs utilization")
+    time_source: str = Field(description="where the step time comes from")
+    memory_bytes: int | None = Field(description="peak memory per device")
+    loss: float = Field(description="predicted loss (nats/token), context adjustment included")
+    loss_lo: float | None = Field(description="lower end of the prediction interval")
+    loss_hi: float | None = Field(description="upper end of the prediction interval")
+    loss_law: float = Field(description="the law's loss, before the context adjustment")
+    context_adjustment: float = Field(description="context-length heuristic (nats/token)")
+    extrapolated: bool = Field(description="outside the range the law was fitted on")
+    feasible: bool
+    reason: str = Field(description="why not feasible ('' when it is)")
+
+    @classmethod
+    def of(cls, c: Candidate) -> CandidateRecord:
+        """The record of candidate `c`."""
+        return cls(
+            name=c.name, n_layer=c.shape.n_layer, d_model=c.shape.d_model,
+            n_head=c.shape.n_head, seq_len=c.seq_len, vocab_size=c.vocab_size, params=c.params,
+            non_embedding_params=c.non_embedding_params, precision=c.precision,
+            micro_batch=c.micro_batch, grad_accum=c.grad_accum, devices=c.devices,
+            global_batch_tokens=c.batch_tokens, checkpointing=c.checkpointing, lr=c.lr,
+            tokens=c.tokens, steps=c.steps, epochs=c.epochs, effective_tokens=c.effective_tokens,
+            flops=c.flops, flops_per_token=c.flops_per_token, tokens_per_s=c.tokens_per_s,
+            seconds=c.seconds, mfu=c.mfu, time_source=c.time_source,
+            memory_bytes=c.memory_bytes, loss=c.loss, loss_lo=c.loss_lo, loss_hi=c.loss_hi,
+            loss_law=c.loss_law, context_adjustment=c.context_adjustment,
+            extrapolated=c.extrapolated, feasible=c.feasible, reason=c.reason,
+        )
+
+
+class PlanFile(Record):
+    """plan.json: every candidate of a plan, ranked, with the budget and the law behind it."""
+
+    interpretation: str = Field(description="the budget interpreted, in one line")
+    budget: BudgetRecord
+    device: DeviceRecord
+    law: dict[str, Any] = Field(description="the loss law the candidates are ranked by")
+    loss_kind: str = Field(description="prior or fit: whose nats/token the losses are in")
+    data: DataRecord
+    optimum: OptimumRecord
+    top: CandidateRecord = Field(description="the best candidate (the exported config)")
+    candidates: list[CandidateRecord] = Field(description="feasible candidates, best first")
+    n_candidates: int = Field(description="feasible candidates in all")
+    n_infeasible: int = Field(description="candidates ruled out (memory, too few steps)")
+    pareto_axes: list[str] = Field(description="axes of the Pareto front (lower is better)")
+    pareto: list[CandidateRecord] = Field(description="candidates no other beats on every axis")
+    timed: list[str] = Field(description="candidates whose steps were timed on this machine")
+    notes: list[str] = Field(description="what the numbers mean and rest on")
+    elapsed_s: float = Field(description="seconds the planning took")
+
+    @classmethod
+    def of(cls, p: Plan, limit: int | None = None) -> PlanFile:
+        """The file of plan `p` (its first `limit` candidates; all when None)."""
+        t = p.target
+        cands = p.candidates if limit is None else p.candidates[:limit]
+        return cls(
+            interpretation=p.first_line,
+            budget=BudgetRecord(**p.budget.to_dict()),
+            device=DeviceRecord(
+                kind=t.device, name=t.name, devices=t.devices, source=t.source,
+                memory_bytes=t.memory_bytes, memory_limit=t.memory_limit,
+                wall_seconds=t.wall_seconds, flops=t.flops,
+            ),
+            law=p.law.to_dict(),
+            loss_kind=p.law.kind,
+            data=DataRecord(
+                source=p.data.source if p.data_given else None, tokenizer=p.data.tokenizer,
+                unique_tokens=p.unique_tokens, vocab_size=p.vocab_size,
+            ),
+            optimum=OptimumRecord(**p.optimum),
+            top=CandidateRecord.of(p.top),
+            candidates=[CandidateRecord.of(c) for c in cands],
+            n_candidates=len(p.candidates),
+            n_infeasible=len(p.infeasible),
+            pareto_axes=list(p.pareto_axes),
+            pareto=[CandidateRecord.of(c) for c in p.front],
+            timed=p.timed,
+            notes=p.notes,
+            elapsed_s=p.elapsed_s,
+        )

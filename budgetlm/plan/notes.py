@@ -1,0 +1,118 @@
+"""What a plan's numbers mean and rest on, in words; and why a budget buys nothing."""
+
+from __future__ import annotations
+
+from budgetlm import laws as scaling
+from budgetlm.config import DataConfig
+from budgetlm.plan.budget import Budget, Target
+from budgetlm.plan.pricing import MIN_STEPS, PRIOR_MIN_STEPS, Candidate, PlanContext
+from budgetlm.units import format_count
+
+
+def fit_note(law: scaling.LossLaw, data: DataConfig, data_given: bool) -> str:
+    """What a fitted law's predictions mean, and whether they apply to this plan's data."""
+    level = float(law.extra.get("interval_level", 0.9))
+    out = (f"loss: fit ({law.source}); nats/token on that corpus and tokenizer, with a "
+           f"{level:.0%} interval (bootstrap refits + run-to-run scatter)")
+    fdata = law.extra.get("data") or {}
+    if fdata and (not data_given or fdata.get("source") != data.source
+                  or fdata.get("tokenizer") != data.tokenizer):
+        out += (f"; the fit is for {fdata.get('source')} ({fdata.get('tokenizer')}): pass the "
+                "same --data and --tokenizer for its predictions to apply")
+    return out
+
+
+def _loss_note(ctx: PlanContext, data: DataConfig, data_given: bool) -> str:
+    law = ctx.law
+    if law.kind == "fit":
+        return fit_note(law, data, data_given)
+    return (
+        f"loss: {law.kind} ({law.source}); nats/token on that law's data and tokenizer, not "
+        "this corpus's: compare candidates with it, do not read it as this corpus's loss"
+        + ("" if ctx.ref_seq is None else
+           f"; includes a context-length heuristic relative to T={ctx.ref_seq}")
+    )
+
+
+def _top_notes(top: Candidate, tgt: Target) -> list[str]:
+    """Memory beyond one GPU, extrapolation, repeated data, priors outside their range."""
+    notes = []
+    if not tgt.memory_strict and top.memory_bytes and tgt.memory_limit \
+            and top.memory_bytes > tgt.memory_limit:
+        notes.append(
+            f"memory: the top candidate needs {top.memory_bytes / 2**30:.0f} GiB even at "
+            f"micro-batch {top.micro_batch}{' with checkpointing' if top.checkpointing else ''}: "
+            "more than one 80 GiB GPU; the trainer's DDP replicates the model (no sharding)"
+        )
+    if top.extrapolated:
+        notes.append(
+            f"the top candidate ({format_count(top.params)} params, {format_count(top.tokens)} "
+            "tokens) lies outside the range the law was fitted on: an extrapolation"
+        )
+    if top.epochs > 1.0 + 1e-9:
+        notes.append(
+            f"data-constrained: the top candidate repeats the data {top.epochs:.2f} epochs; "
+            f"priced as {format_count(top.effective_tokens)} effective tokens (Muennighoff et al. "
+            "2023)" + (" — beyond ~4 epochs repeats are worth much less than new data"
+                       if top.epochs > 4 else "")
+        )
+    c_top = top.flops
+    if c_top < scaling.DEEPSEEK_FIT_RANGE[0]:
+        notes.append(
+            f"lr and batch: {c_top:.2g} FLOPs is below the range the DeepSeek LLM 2024 priors "
+            "were fitted on (1e17-2e19): lr held at its 1e17 value, batch extrapolated and "
+            f"capped to give at least {PRIOR_MIN_STEPS} steps"
+        )
+    elif c_top > scaling.DEEPSEEK_FIT_RANGE[1]:
+        notes.append(f"lr and batch: DeepSeek LLM 2024 priors extrapolated to {c_top:.2g} FLOPs "
+                     "(fitted on 1e17-2e19)")
+    return notes
+
+
+def _time_notes(top: Candidate, tgt: Target, timed: list[str], busy: str | None) -> list[str]:
+    """Where the step times come from."""
+    if tgt.kind in ("gpu", "flops") and tgt.profile is not None:
+        return [
+            f"time: {tgt.source} peak x default MFU by model size "
+            f"(top: MFU {top.mfu:.0%}); {'measured' if tgt.source == 'measured' else 'unmeasured'}"
+            + (f"; {tgt.devices} GPUs data parallel, communication not priced"
+               if tgt.devices > 1 else "")
+        ]
+    if tgt.kind != "time":
+        return []
+    if not timed:
+        return ["time: estimated from the measured matmul peak x an efficiency by model size "
+                "(not timed)"]
+    notes = [f"time: timed real steps of {len(timed)} candidates on this machine; the others "
+             "are scaled by the measured/estimated ratio"]
+    return notes + ([busy] if busy else [])
+
+
+def plan_notes(top: Candidate, ctx: PlanContext, data_description: str, data: DataConfig,
+               data_given: bool, timed: list[str], busy: str | None) -> list[str]:
+    """The notes of a plan whose best candidate is `top`, in the order they are shown."""
+    return (
+        [data_description, _loss_note(ctx, data, data_given)]
+        + _top_notes(top, ctx.target)
+        + _time_notes(top, ctx.target, timed, busy)
+    )
+
+
+def why_nothing(budget: Budget, tgt: Target, bad: list[Candidate]) -> str:
+    """The message when no candidate is feasible: the budget is too small, or nothing fits."""
+    small = [c for c in bad if c.reason.startswith("budget too small")]
+    if small:
+        c = min(small, key=lambda c: c.params)
+        flag = {"time": "--time", "flops": "--flops", "gpu_hours": "--gpu-hours",
+                "cost": "--cost"}[budget.kind]
+        value = {"time": budget.seconds, "flops": budget.flops, "gpu_hours": budget.gpu_hours,
+                 "cost": budget.cost}[budget.kind]
+        return (
+            f"{flag} {value:g}: budget too small for the smallest model ({c.shape.name}, "
+            f"{format_count(c.params)} params): {c.tokens:,} tokens, {c.steps} optimizer steps "
+            f"(at least {MIN_STEPS} needed)"
+        )
+    if bad:
+        c = min(bad, key=lambda c: c.memory_bytes or 0)
+        return f"plan: no candidate fits on {tgt.name}: {c.shape.name} {c.reason}"
+    return f"plan: no candidate for this budget on {tgt.name}"

@@ -1,0 +1,284 @@
+"""`plan(Budget(...))`: rank candidate configurations for a budget; `Plan` holds the answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from budgetlm import laws as scaling
+from budgetlm.config import PRECISIONS, DataConfig, RunConfig, dump_config
+from budgetlm.errors import UserError
+from budgetlm.plan.budget import Budget, Target, resolve_target
+from budgetlm.plan.files import PlanFile
+from budgetlm.plan.ladder import LADDER_SPAN, Shape, ladder
+from budgetlm.plan.notes import plan_notes, why_nothing
+from budgetlm.plan.pareto import pareto
+from budgetlm.plan.pricing import (
+    Candidate,
+    PlanContext,
+    finished_copy,
+    precisions_for,
+    price_candidates,
+    rank_key,
+    rough_compute,
+    seq_lens_for,
+)
+from budgetlm.plan.recipe import predicted, run_config
+from budgetlm.plan.timing import busy_note, time_and_rescale
+from budgetlm.units import write_json
+
+DEFAULT_GPU_VOCAB = 32768  # a 32k BPE when no data is given (Chinchilla used a 32k vocabulary)
+REFERENCE_SEQ_LEN = {"chinchilla": 2048, "epoch": 2048, "kaplan": 1024}  # of the priors' data
+
+
+@dataclass
+class Plan:
+    """Ranked candidates for a budget, the law and data behind them, and notes."""
+
+    budget: Budget
+    target: Target
+    law: scaling.LossLaw
+    data: DataConfig
+    data_given: bool
+    unique_tokens: int | None
+    vocab_size: int
+    candidates: list[Candidate]  # feasible, best first
+    infeasible: list[Candidate]
+    front: list[Candidate]
+    pareto_axes: tuple[str, ...]
+    optimum: dict[str, Any]
+    notes: list[str]
+    timed: list[str]  # candidates whose steps were timed on this machine
+    optimizer: str
+    schedule: str
+    family: str
+    seed: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def top(self) -> Candidate:
+        return self.candidates[0]
+
+    @property
+    def first_line(self) -> str:
+        return self.target.first_line
+
+    def config(self, index: int = 0) -> RunConfig:
+        """Candidate `index` as a runnable RunConfig (caps, schedule, eval, meta.predicted)."""
+        return run_config(
+            self.candidates[index], target=self.target, law=self.law, data=self.data,
+            unique_tokens=self.unique_tokens, optimizer=self.optimizer, schedule=self.schedule,
+            family=self.family, seed=self.seed, budget=self.budget,
+        )
+
+    def predicted(self, index: int = 0) -> dict[str, Any]:
+        """What the plan predicts for candidate `index` (a run's `meta.predicted`)."""
+        return predicted(self.candidates[index], law=self.law, unique_tokens=self.unique_tokens,
+                         target=self.target)
+
+    def to_dict(self, limit: int | None = None) -> dict[str, Any]:
+        """plan.json (`PlanFile`), with the first `limit` candidates (all when None)."""
+        return PlanFile.of(self, limit).model_dump()
+
+    def write(self, path: str | Path) -> tuple[Path, Path]:
+        """The top candidate as a runnable YAML at `path`, and every candidate in a sibling
+        `<stem>.json`."""
+        p = Path(path)
+        if p.suffix not in (".yaml", ".yml"):
+            raise UserError(f"-o {p}: expected a .yaml file name")
+        if p.exists() and p.is_dir():
+            raise UserError(f"-o {p}: is a directory")
+        try:
+            dump_config(self.config(0), p)
+            j = write_json(p.with_suffix(".json"), self.to_dict(), indent=1)
+        except OSError as exc:
+            raise UserError(f"-o {p}: cannot write ({exc.strerror or exc})") from None
+        return p, j
+
+
+@dataclass
+class DataInfo:
+    """The data a plan is for: its config, whether it was given, and its counts."""
+
+    config: DataConfig
+    given: bool
+    unique: int | None
+    vocab: int
+    val_tokens: int | None
+    description: str
+
+
+def data_info(data: DataConfig | None, tokens: int | None, tgt: Target) -> DataInfo:
+    """The corpus (counted through the token cache), a count of unique tokens, or neither
+    (unlimited data, the default corpus and vocabulary of the device)."""
+    if data is not None and tokens is not None:
+        raise UserError("--tokens: give --data (its tokens are counted) or --tokens, not both")
+    if tokens is not None and tokens < 1:
+        raise UserError(f"--tokens: must be positive, got {tokens}")
+    if data is not None:
+        from budgetlm.data import load_corpus
+
+        corpus = load_corpus(data)
+        unique, val = int(len(corpus.train)), int(len(corpus.val))
+        vocab = int(corpus.tokenizer.vocab_size)
+        cached = "cached" if corpus.info.get("cached") else "tokenized now, cached"
+        desc = (f"data: {data.source} ({data.tokenizer}, vocab {vocab}): {unique:,} training "
+                f"tokens ({cached})")
+        return DataInfo(data, True, unique, vocab, val, desc)
+    if tgt.device == "cpu":
+        default, vocab = DataConfig(), 256
+    else:
+        default = DataConfig(tokenizer="bpe", bpe_vocab_size=DEFAULT_GPU_VOCAB)
+        vocab = DEFAULT_GPU_VOCAB
+    if tokens is not None:
+        desc = f"data: {tokens:,} unique tokens (--tokens); vocabulary assumed {vocab}"
+        return DataInfo(default, False, int(tokens), vocab, None, desc)
+    desc = (f"data: not given: unlimited unique tokens assumed, vocabulary {vocab}; the exported "
+            f"config trains on {default.source} (pass --data)")
+    return DataInfo(default, False, None, vocab, None, desc)
+
+
+def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
+                   precisions: list[str] | None) -> None:
+    if family != "gpt":
+        raise UserError(f"--family: the planner plans gpt models only, got {family!r}")
+    if schedule not in ("wsd", "cosine"):
+        raise UserError(f"--schedule: expected wsd or cosine, got {schedule!r}")
+    for t in seq_lens or []:
+        if t < 8:
+            raise UserError(f"--seq-len: must be at least 8, got {t}")
+    for p in precisions or []:
+        if p not in PRECISIONS:
+            raise UserError(f"--precision: unknown precision {p!r}; one of {', '.join(PRECISIONS)}")
+
+
+def _shapes_to_price(law: scaling.LossLaw, tgt: Target, precs: list[str],
+                     unique: int | None) -> list[Shape]:
+    """Rungs within LADDER_SPAN of the rough optimum, and always the smallest (so "too small"
+    names the smallest model)."""
+    n_opt, _ = scaling.data_constrained_optimal(law, rough_compute(tgt, precs), unique)
+    shapes = [
+        s for s in ladder()
+        if n_opt / LADDER_SPAN <= s.approx_params <= n_opt * LADDER_SPAN
+    ] or list(ladder()[:3])
+    if ladder()[0] not in shapes:
+        shapes.insert(0, ladder()[0])
+    return shapes
+
+
+def _finish_all(setups: list[Candidate],
+                ctx: PlanContext) -> tuple[list[Candidate], list[Candidate]]:
+    """(feasible candidates ranked, infeasible ones), each finished from its priced setup."""
+    ok, bad = [], []
+    for c in setups:
+        c2 = finished_copy(c, ctx)
+        (ok if c2.feasible else bad).append(c2)
+    ok.sort(key=lambda c: rank_key(c, ctx.target.device))
+    return ok, bad
+
+
+def _optimum(law: scaling.LossLaw, top: Candidate, unique: int | None) -> dict[str, Any]:
+    """The law's compute-optimal allocations at the top candidate's compute."""
+    n_top, d_top = law.optimal(max(top.flops, 1.0))
+    optimum: dict[str, Any] = {
+        "flops": top.flops,
+        "closed_form": {"params": n_top, "tokens": d_top,
+                        "method": "Hoffmann et al. eq. 4" if law.form == "chinchilla"
+                        else "numeric minimum of L(N, C/6N)"},
+        "top_candidate": {"params": law.n_of(top.params, top.non_embedding_params),
+                          "tokens": top.tokens},
+    }
+    if unique is not None:
+        n_dc, d_dc = scaling.data_constrained_optimal(law, max(top.flops, 1.0), unique)
+        optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
+                                       "epochs": scaling.epochs(d_dc, unique)}
+    return optimum
+
+
+def _fitted_defaults(law: scaling.LossLaw, seq_lens: list[int] | None,
+                     precisions: list[str] | None) -> tuple[list[int] | None, list[str] | None]:
+    """A fitted law is a statement about the pilots' sequence length and precision."""
+    if law.kind == "fit":
+        if seq_lens is None and law.extra.get("seq_len"):
+            seq_lens = [int(law.extra["seq_len"])]
+        if precisions is None and law.extra.get("precision"):
+            precisions = [str(law.extra["precision"])]
+    return seq_lens, precisions
+
+
+def plan(
+    budget: Budget,
+    data: DataConfig | None = None,
+    tokens: int | None = None,
+    prior: str = "epoch",
+    fit: dict[str, Any] | None = None,
+    profile: Any = None,
+    timing: bool | None = None,
+    seq_lens: list[int] | None = None,
+    precisions: list[str] | None = None,
+    optimizer: str = "adamw",
+    schedule: str = "wsd",
+    family: str = "gpt",
+    seed: int = 0,
+    timing_top: int = 3,
+    spend_planning: bool = False,
+) -> Plan:
+    """Rank candidate configurations for `budget`; see the package docstring.
+
+    data / tokens: the corpus (counted through the token cache) or a count of unique tokens;
+    neither means unlimited data. prior: "epoch" (default), "chinchilla" or "kaplan"; fit: a
+    Chinchilla-form law fitted on this corpus ({E, A, B, alpha, beta}), which replaces the prior.
+    profile: a HardwareProfile to plan on instead of this machine's / the named GPU's.
+    timing: time real steps of the best few candidates (--time budgets only; default on for
+    those when this machine's profile is used); timing_top: how many are timed exactly.
+    spend_planning: a --time budget that counts from now: the time this planning takes (the
+    timing of steps above all) comes out of the run's wall time.
+    """
+    t0 = time.perf_counter()
+    _check_options(family, schedule, seq_lens, precisions)
+    law = scaling.law_from_fit(fit) if fit is not None else scaling.prior(prior)
+    seq_lens, precisions = _fitted_defaults(law, seq_lens, precisions)
+    tgt = resolve_target(budget, profile)
+    info = data_info(data, tokens, tgt)
+    ref_seq = law.extra.get("seq_len") if law.kind == "fit" else REFERENCE_SEQ_LEN.get(law.name)
+    ctx = PlanContext(tgt, law, info.unique, info.vocab, info.val_tokens, optimizer, family,
+                      ref_seq)
+    precs = precisions_for(tgt, precisions)
+    if not precs:
+        raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
+    setups: list[Candidate] = []
+    infeasible: list[Candidate] = []
+    for s in _shapes_to_price(law, tgt, precs, info.unique):
+        for T in seq_lens_for(tgt, s.approx_params, seq_lens):
+            for c in price_candidates(s, T, precs, ctx):
+                (setups if c.feasible else infeasible).append(c)
+    t_finish = time.perf_counter()
+    ranked, too_small = _finish_all(setups, ctx)
+    t_finish = time.perf_counter() - t_finish
+    timed: list[str] = []
+    busy = None
+    if timing is None:
+        timing = tgt.kind == "time" and profile is None
+    if timing and tgt.kind == "time" and ranked:
+        timed = time_and_rescale(setups, ranked, ctx, timing_top)
+        if spend_planning and tgt.wall_seconds is not None:
+            # what planning took so far, and the ranking below once more
+            tgt.wall_seconds = max(1.0, tgt.wall_seconds - (time.perf_counter() - t0 + t_finish))
+        ranked, too_small = _finish_all(setups, ctx)
+        busy = busy_note(tgt)
+    infeasible += too_small
+    if not ranked:
+        raise UserError(why_nothing(budget, tgt, infeasible))
+    axes = ("loss", "seconds", "memory_bytes") if tgt.kind == "flops" else ("loss", "memory_bytes")
+    notes = list(tgt.notes) + plan_notes(ranked[0], ctx, info.description, info.config,
+                                         info.given, timed, busy)
+    return Plan(
+        budget=budget, target=tgt, law=law, data=info.config, data_given=info.given,
+        unique_tokens=info.unique, vocab_size=info.vocab, candidates=ranked,
+        infeasible=infeasible, front=pareto(ranked, axes), pareto_axes=axes,
+        optimum=_optimum(law, ranked[0], info.unique), notes=notes, timed=timed,
+        optimizer=optimizer, schedule=schedule, family=family, seed=seed,
+        elapsed_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,346 @@
+"""Pricing one candidate: memory fit, throughput, tokens in the budget, batch, lr and loss.
+
+`price_candidates` fits (shape, sequence length) in memory in each precision and prices its
+throughput; `finish_candidate` spends the budget on it: tokens, the global batch and learning
+rate from the DeepSeek LLM 2024 priors, and the predicted loss of the plan's law.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from budgetlm import laws as scaling
+from budgetlm.config import ModelConfig, OptimConfig, RunConfig, TrainConfig, tokens_per_step
+from budgetlm.errors import UserError
+from budgetlm.estimate import count_params, memory_breakdown, model_flops_per_token, step_time
+from budgetlm.plan.budget import Target
+from budgetlm.plan.files import CandidateRecord
+from budgetlm.plan.ladder import Shape
+
+MIN_STEPS = 10  # fewer optimizer steps than this is not a training run
+# Cap the prior batch so that a short run still takes this many optimizer steps: DeepSeek's
+# fits come from runs of thousands of steps, nanoGPT's CPU recipe takes 2000; at equal tokens a
+# 4x128 character model ends far worse after 384 steps of 4096 tokens than after 2048 of 768.
+PRIOR_MIN_STEPS = 2000
+MIN_BATCH_SEQS = 8  # ... but the steps floor never shrinks a batch below this many sequences
+CPU_MICRO_BATCH_CAP = 64  # larger micro-batches do not raise CPU throughput
+GPU_MICRO_BATCH_CAP = 1024
+TIME_EVALS = 8  # evaluations in a --time run (time-driven)
+TIME_EVAL_SHARE = 0.03  # share of a --time budget spent evaluating
+PRECISION_ORDER = {"cuda": ("bf16", "fp16", "fp32"), "cpu": ("fp32", "bf16", "fp16"),
+                   "none": ("bf16",)}
+
+
+@dataclass
+class Candidate:
+    """One configuration priced against the budget."""
+
+    shape: Shape
+    seq_len: int
+    precision: str
+    vocab_size: int
+    params: int
+    non_embedding_params: int
+    flops_per_token: float  # model FLOPs (forward + backward), no recompute
+    micro_batch: int
+    grad_accum: int  # micro-steps per device per optimizer step
+    devices: int
+    checkpointing: bool
+    memory_bytes: int | None
+    tokens_per_s: float | None  # all devices together
+    time_source: str
+    tokens: int = 0
+    steps: int = 0
+    batch_tokens: int = 0
+    lr: float = 0.0
+    epochs: float = 1.0
+    effective_tokens: float = 0.0
+    seconds: float | None = None
+    mfu: float | None = None
+    loss: float = math.inf
+    loss_law: float = math.inf
+    loss_lo: float | None = None  # interval of a fitted law (its level), context heuristic incl.
+    loss_hi: float | None = None
+    context_adjustment: float = 0.0
+    extrapolated: bool = False
+    eval_tokens: int = 65536
+    feasible: bool = True
+    reason: str = ""
+    memory_model: Any = field(default=None, repr=False)
+    estimated_tokens_per_s: float | None = None  # before timing real steps
+    estimated_mfu: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.shape.name}-T{self.seq_len}-{self.precision}"
+
+    @property
+    def flops(self) -> float:
+        return self.flops_per_token * self.tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """The candidate as plan.json holds it (`CandidateRecord`)."""
+        return CandidateRecord.of(self).model_dump()
+
+
+@dataclass
+class PlanContext:
+    """What pricing a candidate needs besides its shape: the target, the law, the data."""
+
+    target: Target
+    law: scaling.LossLaw
+    unique: int | None  # unique training tokens (None: unlimited)
+    vocab: int
+    val_tokens: int | None
+    optimizer: str
+    family: str
+    ref_seq: int | None  # the sequence length the law's losses are for (context heuristic)
+
+
+@dataclass(frozen=True)
+class AffineMemory:
+    """memory(mb) = at1 + (mb - 1) · per_sequence bytes."""
+
+    at1: int
+    per_sequence: int
+
+    def __call__(self, mb: int) -> int:
+        return self.at1 + (mb - 1) * self.per_sequence
+
+    def largest_pow2(self, limit: float, cap: int) -> int:
+        """The largest power-of-two micro-batch up to `cap` whose memory is within `limit`."""
+        mb = 1
+        while mb * 2 <= cap and self(mb * 2) <= limit:
+            mb *= 2
+        return mb
+
+
+def model_config(shape: Shape, seq_len: int, vocab: int, family: str) -> ModelConfig:
+    """The planner's model: `shape` with no biases, no dropout and tied embeddings."""
+    return ModelConfig(
+        family=family, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model,
+        vocab_size=vocab, seq_len=seq_len, bias=False, dropout=0.0, tie_embeddings=True,
+    )
+
+
+def estimator_config(m: ModelConfig, precision: str, micro_batch: int, checkpointing: bool,
+                     optimizer: str, device: str) -> RunConfig:
+    """A RunConfig carrying what the estimator reads for memory and step time."""
+    train = TrainConfig(
+        precision=precision, micro_batch=micro_batch, grad_accum=1,
+        activation_checkpointing=checkpointing,
+        device=device if device in ("cpu", "cuda") else "auto",
+    )
+    return RunConfig(model=m, train=train, optim=OptimConfig(name=optimizer))
+
+
+def price_candidates(shape: Shape, seq_len: int, precisions: list[str],
+                     ctx: PlanContext) -> list[Candidate]:
+    """Memory fit and throughput of (shape, T) in each precision; tokens etc. come in
+    `finish_candidate`.
+
+    Memory is affine in the micro-batch (weights, gradients and optimizer state are fixed;
+    activations and logits grow with it), so two estimator calls give the largest micro-batch
+    that fits, and the memory of any other.
+    """
+    m = model_config(shape, seq_len, ctx.vocab, ctx.family)
+    out: list[Candidate] = []
+    for precision in precisions:
+        c = _price_in(shape, m, precision, ctx)
+        if c is not None:
+            out.append(c)
+    return out
+
+
+def _affine_memory(base: RunConfig, precision: str, checkpointing: bool,
+                   device: str) -> AffineMemory:
+    m1 = memory_breakdown(base, micro_batch=1, precision=precision,
+                          checkpointing=checkpointing, device=device).total
+    m2 = memory_breakdown(base, micro_batch=2, precision=precision,
+                          checkpointing=checkpointing, device=device).total
+    return AffineMemory(m1, m2 - m1)
+
+
+def _price_in(shape: Shape, m: ModelConfig, precision: str,
+              ctx: PlanContext) -> Candidate | None:
+    """The candidate of model `m` in `precision` (None: no peak for it on this device)."""
+    tgt = ctx.target
+    pc = count_params(m)
+    fl = model_flops_per_token(m)
+    cap = CPU_MICRO_BATCH_CAP if tgt.device == "cpu" else GPU_MICRO_BATCH_CAP
+    dev = tgt.device if tgt.device in ("cpu", "cuda") else "cuda"
+    base = estimator_config(m, precision, 1, False, ctx.optimizer, dev)
+    mem, ckpt, mb = _affine_memory(base, precision, False, dev), False, cap
+    if tgt.memory_limit is not None:
+        if mem(1) > tgt.memory_limit:
+            mem_ck = _affine_memory(base, precision, True, dev)
+            if mem_ck(1) <= tgt.memory_limit or not tgt.memory_strict:
+                mem, ckpt = mem_ck, True
+            else:
+                return Candidate(
+                    shape, m.seq_len, precision, ctx.vocab, pc.total, pc.non_embedding, fl, 1, 1,
+                    tgt.devices, True, mem_ck(1), None, "", feasible=False,
+                    reason=f"does not fit: {mem_ck(1) / 2**30:.1f} GiB at micro-batch 1 "
+                           f"with checkpointing > {tgt.memory_limit / 2**30:.1f} GiB",
+                )
+        mb = mem.largest_pow2(tgt.memory_limit, cap)
+    rate, source, mfu = None, "", None
+    if tgt.profile is not None:
+        cfg = estimator_config(m, precision, mb, ckpt, ctx.optimizer, dev)
+        st = step_time(cfg, tgt.profile, micro_batch=mb, precision=precision)
+        if st is None:
+            return None  # no peak for this precision on this device
+        rate = tokens_per_step(mb, tgt.devices, m.seq_len) / st.seconds  # all devices
+        source, mfu = st.source, st.mfu
+    cand = Candidate(
+        shape, m.seq_len, precision, ctx.vocab, pc.total, pc.non_embedding, fl, mb, 1,
+        tgt.devices, ckpt, mem(mb), rate, source,
+    )
+    cand.mfu = cand.estimated_mfu = mfu
+    cand.estimated_tokens_per_s = rate
+    cand.memory_model = mem
+    return cand
+
+
+def finish_candidate(c: Candidate, ctx: PlanContext) -> Candidate:
+    """Tokens in the budget, batch and lr from the priors, predicted loss (in place)."""
+    tgt = ctx.target
+    if not c.feasible and c.reason.startswith("does not fit"):
+        return c
+    tokens, eval_overhead = _tokens_in_budget(c, ctx)
+    c.tokens = int(tokens)
+    compute = c.flops_per_token * tokens
+    _batch_from_prior(c, tokens, compute, tgt)
+    c.steps = int(tokens // c.batch_tokens)
+    if c.steps < MIN_STEPS:
+        c.feasible = False
+        c.reason = (f"budget too small: {c.tokens:,} tokens is {c.steps} steps of "
+                    f"{c.batch_tokens:,} tokens (needs {MIN_STEPS})")
+        return c
+    if tgt.kind != "time":
+        c.tokens = c.steps * c.batch_tokens  # a token cap: whole steps
+    c.lr = scaling.lr_prior(max(compute, 1.0))
+    if c.tokens_per_s:
+        c.seconds = c.tokens / c.tokens_per_s + eval_overhead
+    if c.memory_model is not None:
+        c.memory_bytes = c.memory_model(c.micro_batch)
+    _predict_loss(c, ctx)
+    return c
+
+
+def finished_copy(c: Candidate, ctx: PlanContext) -> Candidate:
+    """`finish_candidate` on a copy of `c` (`c` stays as priced, to be finished again)."""
+    return finish_candidate(replace(c), ctx)
+
+
+def _tokens_in_budget(c: Candidate, ctx: PlanContext) -> tuple[float, float]:
+    """(training tokens the budget buys, seconds of evaluation inside a --time budget)."""
+    tgt = ctx.target
+    if tgt.kind == "flops":
+        return tgt.flops / c.flops_per_token, 0.0  # type: ignore[operator]
+    assert c.tokens_per_s is not None and tgt.wall_seconds is not None
+    tokens = c.tokens_per_s * tgt.wall_seconds
+    if tgt.kind != "time":
+        return tokens, 0.0
+    # evaluation (forward only, ~1/3 of a training token) is inside the wall-clock cap
+    c.eval_tokens = int(ctx.law.extra.get("eval_tokens") or 0) or time_budget_eval_tokens(
+        tokens, c.seq_len, ctx.val_tokens)  # a fit's predictions are on its pilots' windows
+    eval_overhead = (TIME_EVALS - 1) * c.eval_tokens / 3 / c.tokens_per_s
+    return c.tokens_per_s * max(0.0, tgt.wall_seconds - eval_overhead), eval_overhead
+
+
+def _batch_from_prior(c: Candidate, tokens: float, compute: float, tgt: Target) -> None:
+    """Global batch: the DeepSeek prior, shrunk (not below MIN_BATCH_SEQS) to give at least
+    PRIOR_MIN_STEPS steps; whole sequences, as micro-batch x accumulation x devices."""
+    T, K = c.seq_len, c.devices
+    seqs = max(1, round(scaling.deepseek_batch_tokens(max(compute, 1.0)) / T))
+    seqs = min(seqs, max(MIN_BATCH_SEQS, int(tokens // (T * PRIOR_MIN_STEPS))))
+    per_device = max(1, math.ceil(seqs / K))
+    if per_device <= c.micro_batch and (tgt.device == "cpu" or tgt.kind == "time"):
+        mb = per_device  # exactly the prior's batch in one micro-batch
+    else:
+        mb = min(c.micro_batch, 2 ** int(math.log2(per_device)))
+    accum = max(1, round(seqs / (mb * K)))
+    c.micro_batch, c.grad_accum = mb, accum
+    c.batch_tokens = tokens_per_step(mb, accum * K, T)
+
+
+def _predict_loss(c: Candidate, ctx: PlanContext) -> None:
+    """The law's loss at (N, D) with repeated epochs priced, plus the context heuristic."""
+    law = ctx.law
+    n = law.n_of(c.params, c.non_embedding_params)
+    c.epochs = scaling.epochs(c.tokens, ctx.unique)
+    c.effective_tokens = (
+        scaling.effective_data(c.tokens, ctx.unique) if ctx.unique else float(c.tokens)
+    )
+    c.loss_law = law.loss_repeated(n, c.tokens, ctx.unique)
+    c.context_adjustment = 0.0
+    if ctx.ref_seq:
+        c.context_adjustment = (scaling.context_excess(c.seq_len)
+                                - scaling.context_excess(ctx.ref_seq))
+    c.loss = c.loss_law + c.context_adjustment
+    if law.has_interval:
+        _, lo, hi = law.interval(n, c.tokens, ctx.unique)
+        c.loss_lo, c.loss_hi = lo + c.context_adjustment, hi + c.context_adjustment
+    c.extrapolated = not law.in_range(n, c.tokens)
+
+
+def time_budget_eval_tokens(tokens: float, seq_len: int, val_tokens: int | None) -> int:
+    """Tokens per evaluation of a --time run: about TIME_EVAL_SHARE of the budget in total."""
+    e = TIME_EVAL_SHARE * 3 * tokens / (TIME_EVALS - 1)
+    e = min(max(e, 8 * seq_len), 65536)
+    if val_tokens:
+        e = min(e, max(seq_len, val_tokens - 1))
+    return max(seq_len, int(e // seq_len) * seq_len)
+
+
+def precisions_for(tgt: Target, wanted: list[str] | None) -> list[str]:
+    """The precisions to price on `tgt`: those asked for (with a peak), else those with a peak;
+    fp16 only where it is measurably faster than bf16."""
+    order = PRECISION_ORDER[tgt.device]
+    if tgt.profile is None:
+        return list(wanted or order[:1])
+    have = [p for p in (wanted or order) if tgt.profile.peak(p)]
+    if wanted:
+        missing = [p for p in wanted if p not in have]
+        if missing and not have:
+            raise UserError(f"--precision: no peak FLOP/s for {', '.join(missing)} on {tgt.name}")
+        return have
+    out = []
+    for p in have:
+        if p == "fp16" and "bf16" in have:
+            # fp16 needs a GradScaler; keep it only where it is measurably faster than bf16
+            if (tgt.profile.peak("fp16") or 0) <= 1.05 * (tgt.profile.peak("bf16") or 0):
+                continue
+        out.append(p)
+    return out
+
+
+def seq_lens_for(tgt: Target, n_params: float, wanted: list[int] | None) -> list[int]:
+    """Sequence lengths to price for a model of `n_params` (those asked for, if any)."""
+    if wanted:
+        return list(wanted)
+    if tgt.device == "cpu":
+        return [64, 128, 256]
+    if n_params < 3e7:
+        return [256, 512, 1024]
+    return [1024, 2048]
+
+
+def rough_compute(tgt: Target, precisions: list[str]) -> float:
+    """Model FLOPs the budget buys, roughly (to centre the ladder on the optimum)."""
+    if tgt.kind == "flops":
+        return float(tgt.flops)  # type: ignore[arg-type]
+    assert tgt.profile is not None and tgt.wall_seconds is not None
+    peak = max((tgt.profile.peak(p) or 0.0) for p in precisions)
+    eff = 0.3 if tgt.device == "cpu" else 0.4
+    return max(tgt.wall_seconds * tgt.devices * peak * eff, 1.0)
+
+
+def rank_key(c: Candidate, device: str) -> tuple:
+    """Lowest predicted loss first; then the device's preferred precision, time, memory."""
+    order = PRECISION_ORDER.get(device, ("bf16",))
+    pref = order.index(c.precision) if c.precision in order else len(order)
+    return (round(c.loss, 6), pref, c.seconds or 0.0, c.memory_bytes or 0)

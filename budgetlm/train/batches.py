@@ -1,0 +1,100 @@
+"""Batches as the trainer uses them: one micro-step's batch (BERT batches masked with a seeded
+generator), the validation pass, and `micro_batch: auto`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from budgetlm.data import bits_per_byte, sample_batch, val_batches
+from budgetlm.errors import UserError
+from budgetlm.estimate import memory_breakdown
+from budgetlm.model import mlm_mask
+from budgetlm.train.runtime import autocast_ctx
+from budgetlm.train.state import RunState
+
+
+def draw_batch(s: RunState, split: Any, mb: int, step: int, micro: int) -> tuple[Any, Any]:
+    """The (inputs, targets) of one micro-step; BERT batches are masked with a seeded generator."""
+    import torch
+
+    cfg = s.cfg
+    x, y = sample_batch(split, mb, cfg.model.seq_len, cfg.seed, step, micro)
+    if s.mask_id is not None:
+        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step * 1009 + micro) % 2**62)
+        x, y = mlm_mask(x, cfg.model.mask_rate, s.mask_id, s.mask_id, g)
+    return x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+
+
+def evaluate(s: RunState, model: Any, mb: int) -> tuple[float, float]:
+    """Mean val loss (nats/token) and bits per byte on the fixed validation windows."""
+    import torch
+
+    cfg = s.cfg
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i, (x, y) in enumerate(
+            val_batches(s.corpus.val, mb, cfg.model.seq_len, cfg.train.eval_tokens)
+        ):
+            if s.mask_id is not None:
+                g = torch.Generator().manual_seed(1_000_003 + i)
+                x, y = mlm_mask(x, cfg.model.mask_rate, s.mask_id, s.mask_id, g)
+            x, y = x.to(s.device), y.to(s.device)
+            with autocast_ctx(s.device, cfg.train.precision):
+                _, loss = model(x, y)
+            n = int((y != -100).sum())
+            total += float(loss) * n
+            count += n
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return loss, bits_per_byte(loss, s.corpus.val_bytes_per_token)
+
+
+def _tokens_per_second(s: RunState, model: Any, opt: Any, mb: int) -> float | None:
+    """Tokens/s of two full steps at micro-batch `mb`, or None when it runs out of memory."""
+    import torch
+
+    try:
+        times = []
+        for rep in range(3):
+            t0 = time.perf_counter()
+            x, y = draw_batch(s, s.corpus.train, mb, step=-1 - rep, micro=0)
+            with autocast_ctx(s.device, s.cfg.train.precision):
+                _, loss = model(x, y)
+            loss.backward()
+            opt.zero_grad(set_to_none=True)
+            if s.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return mb * s.cfg.model.seq_len / min(times[1:])
+    except torch.OutOfMemoryError:
+        opt.zero_grad(set_to_none=True)
+        if s.device == "cuda":
+            torch.cuda.empty_cache()
+        return None
+
+
+def resolve_micro_batch(s: RunState, model: Any, opt: Any) -> int:
+    """`micro_batch: auto`: largest that fits on a GPU (backing off on OOM), fastest on a CPU."""
+    limit = None
+    if s.profile is not None:
+        limit = 0.9 * s.profile.device_memory_bytes
+    candidates = [2**i for i in range(0, 11)]
+    if limit is not None:
+        fitting = [b for b in candidates if memory_breakdown(s.cfg, micro_batch=b).total <= limit]
+        candidates = fitting or [1]
+    if s.device == "cuda":
+        for mb in reversed(candidates):
+            if _tokens_per_second(s, model, opt, mb) is not None:
+                return mb
+        raise UserError("train.micro_batch: even micro_batch=1 does not fit in GPU memory")
+    best, best_rate = 1, 0.0
+    for mb in candidates[:7]:  # 1..64 on a CPU
+        rate = _tokens_per_second(s, model, opt, mb)
+        if rate is None:
+            break
+        if rate > best_rate * 1.03:
+            best, best_rate = mb, rate
+    return best

@@ -1,0 +1,128 @@
+"""The state of one run: its config, corpus, device, run directory and counters, and the rules
+that read the caps (how far along the run is, whether it must stop)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from budgetlm.config import RunConfig, with_values
+from budgetlm.data import load_corpus
+from budgetlm.errors import UserError
+from budgetlm.train.rundir import RunDir, default_run_dir, load_checkpoint
+from budgetlm.train.runtime import init_distributed, machine_profile, pick_device
+
+
+class StopRun(Exception):
+    """Raised from an `on_eval` callback to end a run early with a status (e.g. "pruned")."""
+
+    def __init__(self, status: str, reason: str = ""):
+        super().__init__(reason or status)
+        self.status = status
+        self.reason = reason or status
+
+
+@dataclass
+class Counters:
+    """What a run has done so far; saved in every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    train_seconds: float = 0.0
+    best_val: float = math.inf
+    best_bpb: float | None = None
+    bad_evals: int = 0
+    last_val: float | None = None
+    last_bpb: float | None = None
+    last_loss: float | None = None
+
+
+class RunState:
+    """One training run: config (vocabulary resolved from the corpus), device, process group,
+    corpus, hardware profile, run directory and, when resuming, the checkpoint to resume."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path | None, resume: Path | None, progress: bool):
+        import torch
+
+        self.t_start = time.perf_counter()
+        self.device = pick_device(cfg.train.device)
+        self.dist = init_distributed(self.device)
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len)
+        vocab = self.corpus.tokenizer.vocab_size
+        self.mask_id: int | None = None
+        if cfg.model.family == "bert":
+            self.mask_id = vocab  # one extra id: [MASK]
+            vocab += 1
+        if cfg.model.vocab_size != vocab:
+            cfg = with_values(cfg, {"model.vocab_size": vocab})
+        self.resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            run_dir = Path(resume)
+            self.resume_state = load_checkpoint(RunDir(run_dir).require_checkpoint(), "--resume")
+        self.cfg = cfg
+        self.progress = progress
+        self.profile = machine_profile()
+        self.run = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
+        self.on_eval: Callable[[dict[str, Any]], None] | None = None
+
+    def cap_progress(self, steps: int, tokens: int, flops: float, elapsed: float) -> float:
+        """Elapsed fraction of the run, by the schedule's driver (auto: the cap closest to done)."""
+        t = self.cfg.train
+        fractions = {
+            "steps": steps / t.max_steps if t.max_steps else None,
+            "tokens": tokens / t.max_tokens if t.max_tokens else None,
+            "flops": flops / t.max_flops if t.max_flops else None,
+            "time": elapsed / t.max_time if t.max_time else None,
+        }
+        driver = self.cfg.schedule.driver
+        if driver != "auto":
+            value = fractions[driver]
+            if value is None:
+                raise UserError(
+                    f"schedule.driver: {driver} needs train.max_{driver} to be set"
+                )
+            return min(1.0, value)
+        known = [v for v in fractions.values() if v is not None]
+        return min(1.0, max(known)) if known else 0.0
+
+    def stop_reason(self, steps: int, tokens: int, flops: float, elapsed: float) -> str | None:
+        """The cap this run has reached ("max_steps", …), or None."""
+        t = self.cfg.train
+        if t.max_steps is not None and steps >= t.max_steps:
+            return "max_steps"
+        if t.max_tokens is not None and tokens >= t.max_tokens:
+            return "max_tokens"
+        if t.max_flops is not None and flops >= t.max_flops:
+            return "max_flops"
+        if t.max_time is not None and elapsed >= t.max_time:
+            return "max_time"
+        return None
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's CPU (and CUDA) random state, for an exact resume."""
+    import torch
+
+    st: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    import torch
+
+    torch.set_rng_state(st["cpu"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])

@@ -1,0 +1,98 @@
+"""A trial's config as it ran, written back as a RunConfig that `budgetlm train` runs.
+
+`best.yaml` and `budgetlm export` write the trial's config as it ran. A trial capped by time is
+written with a token cap instead: the tokens it reached (same data, same tokens-driven schedule
+shape, reproducible on any machine); `keep_time_cap=True` keeps the time cap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from budgetlm.config import RunConfig, to_yaml
+from budgetlm.errors import UserError
+from budgetlm.tune import storage as st
+from budgetlm.tune.spec import Study
+from budgetlm.units import atomic_write_text
+
+
+def all_trials(obj: Any) -> list[Any]:
+    """Every trial of the optuna study `obj` (not deep-copied)."""
+    return list(st.retry(obj.get_trials, deepcopy=False))
+
+
+def trial_values(t: Any) -> list[float] | None:
+    """A trial's objective values as a list, or None."""
+    return list(t.values) if t.values is not None else None
+
+
+def best_trial(study: Study, obj: Any) -> Any | None:
+    """Single objective: the lowest value. Pareto: the front's trial lowest on the first."""
+    from optuna.trial import TrialState
+
+    done = [t for t in all_trials(obj) if t.state == TrialState.COMPLETE and t.values]
+    if not done:
+        return None
+    return min(done, key=lambda t: (t.values[0], t.number))
+
+
+def export_config(
+    study: Study, obj: Any, number: int | None = None, keep_time_cap: bool = False
+) -> RunConfig:
+    """The RunConfig of trial `number` (default: the best), ready for `budgetlm train`."""
+    if number is None:
+        trial = best_trial(study, obj)
+        if trial is None:
+            raise UserError(f"study {study.spec.name}: no completed trial yet")
+    else:
+        found = [t for t in all_trials(obj) if t.number == number]
+        if not found:
+            raise UserError(f"--trial {number}: study {study.spec.name} has no such trial")
+        trial = found[0]
+    raw = trial.user_attrs.get("config")
+    if raw is None:
+        why = trial.user_attrs.get("reason", trial.state.name)
+        raise UserError(f"--trial {trial.number}: no config was built for it ({why})")
+    d = json.loads(json.dumps(raw))
+    cap = study.spec.trial_cap
+    reached = {
+        "steps": trial.user_attrs.get("steps"),
+        "tokens": trial.user_attrs.get("tokens"),
+        "train_seconds": trial.user_attrs.get("train_seconds"),
+    }
+    meta = d.setdefault("meta", {})
+    meta.pop("fault", None)
+    meta["tune"] = {
+        "study": study.spec.name,
+        "storage": study.storage_url,
+        "trial": trial.number,
+        "state": trial.state.name,
+        "objectives": study.spec.objectives,
+        "values": trial_values(trial),
+        "params": trial.params,
+        "trial_cap": {cap.kind: cap.value},
+        "reached": reached,
+    }
+    d["name"] = f"{study.spec.name}-trial{trial.number}" if number is not None else (
+        f"{study.spec.name}-best"
+    )
+    train = d["train"]
+    if cap.kind == "time" and not keep_time_cap and reached["tokens"]:
+        train["max_time"] = None
+        train["max_tokens"] = int(reached["tokens"])
+        train["eval_time_interval"] = None
+        steps = int(reached["steps"] or 1)
+        train["eval_interval"] = max(1, math.ceil(steps / max(1, study.spec.evals or 10)))
+        meta["tune"]["note"] = (
+            f"the trial was capped at {cap.value:g} s and reached {reached['tokens']} tokens; "
+            "this config caps at those tokens so a rerun is reproducible"
+        )
+    return RunConfig.model_validate(d)
+
+
+def write_config(cfg: RunConfig, path: Path, note: str) -> Path:
+    """`cfg` as YAML under a `# note` line, written atomically."""
+    return atomic_write_text(path, f"# {note}\n" + to_yaml(cfg))
