@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.calibrate import (
     EXIT_RESERVE_S,
     calibrate,
@@ -114,7 +114,7 @@ def test_isoflop_design_and_fit_file(calibrated: dict) -> None:
     kap = fit["forms"]["kaplan"]
     assert kap["law"]["form"] == "kaplan" and len(kap["bootstrap"]) >= 10
     assert all(math.isfinite(p["fitted_loss_kaplan"]) for p in pilots)
-    both = scaling.law_from_fit(fit)
+    both = laws.law_from_fit(fit)
     assert both.form == "mean"
     assert fit["seq_len"] == 32 and fit["precision"] == "fp32"
     assert fit["bpb_per_nat"] == pytest.approx(1 / math.log(2))  # byte tokens
@@ -213,10 +213,10 @@ def test_plan_from_a_fit_carries_intervals_and_the_fit_sequence_length() -> None
 
 
 def test_interval_combines_bootstrap_and_scatter() -> None:
-    law = scaling.law_from_fit(_fit_dict())
+    law = laws.law_from_fit(_fit_dict())
     point, lo, hi = law.interval(1e6, 1e8)
     assert point == pytest.approx(law.loss(1e6, 1e8))
-    no_noise = scaling.law_from_fit({**_fit_dict(), "residual_std": 0.0})
+    no_noise = laws.law_from_fit({**_fit_dict(), "residual_std": 0.0})
     _, lo0, hi0 = no_noise.interval(1e6, 1e8)
     assert lo < lo0 <= point <= hi0 < hi
     _, lo50, hi50 = law.interval(1e6, 1e8, level=0.5)

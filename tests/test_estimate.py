@@ -425,13 +425,13 @@ def test_step_time_on_a_measured_gpu_scales_mfu_to_the_measured_peak() -> None:
     assert cpu.mfu == est.default_mfu(est.count_params(cfg.model).total, "cpu")
 
 
-def test_step_time_uses_a_calibration_when_the_profile_has_one() -> None:
+def test_step_time_uses_timed_steps_when_the_profile_has_them() -> None:
     class Calibrated(FakeProfile):
-        def calibrated_mfu(self, cfg: RunConfig) -> float:
+        def timed_mfu(self, cfg: RunConfig) -> float:
             return 0.5
 
     st = est.step_time(preset("tiny"), Calibrated())
-    assert st.source == "calibrated" and st.mfu == 0.5
+    assert st.source == "timed" and st.mfu == 0.5
 
 
 def test_default_mfu_is_monotone_and_bounded() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.calibrate import report as fitreport
 from budgetlm.errors import UserError
 
@@ -22,8 +22,8 @@ LEVELS = [1e12, 4e12, 1.6e13]
 PLAN_FLOPS = 2e14
 
 
-def _law() -> scaling.LossLaw:
-    return scaling.law_from_fit(LAW)
+def _law() -> laws.LossLaw:
+    return laws.law_from_fit(LAW)
 
 
 def synthetic_fit(bootstrap: bool = True, plan: bool = True) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def test_repeated_data_and_calibrate_style_failures(tmp_path: Path) -> None:
     fit = synthetic_fit()
     fit["unique_tokens"] = 5e6
     for q in fit["pilots"]:
-        q["effective_tokens"] = scaling.effective_data(q["tokens"], 5e6)
+        q["effective_tokens"] = laws.effective_data(q["tokens"], 5e6)
     bad = fit["pilots"][-1]
     bad.update({"state": "timeout", "reason": "wall-time cap reached", "flops": None,
                 "effective_tokens": None, "val_loss": float("nan")})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.errors import UserError
 from budgetlm.laws.fitting.kaplan import KaplanFit, fit_kaplan, kaplan_loss, objective
 
@@ -20,7 +20,7 @@ SMALL = (5.3e5, 2.3e7, 0.22, 0.20)
 def design(truth: tuple[float, ...], lo: float, hi: float) -> tuple[np.ndarray, ...]:
     """IsoFLOP profiles: 5 levels over [lo, hi] FLOPs, 5 sizes a factor 2 apart around the law's
     optimum at each level, D = C / (6N)."""
-    law = scaling.KaplanLaw("truth", n_c=truth[0], d_c=truth[1], alpha_n=truth[2],
+    law = laws.KaplanLaw("truth", n_c=truth[0], d_c=truth[1], alpha_n=truth[2],
                             alpha_d=truth[3])
     n, d = [], []
     for c in np.logspace(math.log10(lo), math.log10(hi), 5):
@@ -78,7 +78,7 @@ def test_analytic_gradient_matches_finite_differences() -> None:
 
 
 def test_loss_matches_the_scaling_law_and_never_overflows() -> None:
-    law = scaling.KaplanLaw("k", n_c=SMALL[0], d_c=SMALL[1], alpha_n=SMALL[2],
+    law = laws.KaplanLaw("k", n_c=SMALL[0], d_c=SMALL[1], alpha_n=SMALL[2],
                             alpha_d=SMALL[3])
     for n, d in ((1e4, 1e5), (3e5, 3e7), (1e9, 1e12)):
         assert kaplan_loss(*SMALL, n, d) == pytest.approx(law.loss(n, d), rel=1e-12)
@@ -92,7 +92,7 @@ def test_to_dict_is_what_law_from_fit_reads() -> None:
     blob = fit.to_dict()
     assert blob["law"]["form"] == "kaplan" and len(blob["bootstrap"]) == len(fit.bootstrap)
     chin = {"E": 1.0, "A": 30.0, "B": 300.0, "alpha": 0.3, "beta": 0.3}
-    law = scaling.law_from_fit({**chin, "forms": {"kaplan": blob}})
+    law = laws.law_from_fit({**chin, "forms": {"kaplan": blob}})
     assert law.form == "mean"
     assert law.members[1].loss(3e5, 3e7) == pytest.approx(fit.loss(3e5, 3e7))
 

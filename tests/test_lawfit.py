@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.errors import UserError
 from budgetlm.laws.fitting.chinchilla import PARAM_NAMES, LawFit, fit_law
 
@@ -25,7 +25,7 @@ def isoflop_design(truth: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np
     """An IsoFLOP design: 5 compute levels over 3 decades (1e18..1e21 FLOPs), 5 model sizes per
     level a factor 2 apart bracketing the level's loss minimum (as IsoFLOP profiles are chosen
     to), D = C / (6N). Returns N, D and the noise-free loss (25 runs, losses ~2.3-5.4)."""
-    law = scaling.ChinchillaLaw("truth", *truth)
+    law = laws.ChinchillaLaw("truth", *truth)
     n, d = [], []
     for c in np.logspace(18, 21, 5):
         n_opt, _ = law.optimal(float(c))
@@ -132,7 +132,7 @@ def test_bootstrap_intervals_contain_the_truth(boot_fit: LawFit) -> None:
 
 
 def test_predict_interval_brackets_the_point_and_widens_with_level(boot_fit: LawFit) -> None:
-    law = scaling.ChinchillaLaw("truth", *LAW_1)
+    law = laws.ChinchillaLaw("truth", *LAW_1)
     for n, d in ((1e8, 3e10), (1e10, 4e11), (3e10, 2e12)):  # inside, edge, 10x beyond
         point, lo, hi = boot_fit.predict(n, d)
         assert point == boot_fit.loss(n, d)
@@ -168,8 +168,8 @@ def test_to_dict_round_trips_exactly_through_json(boot_fit: LawFit) -> None:
     assert d["law"]["form"] == "chinchilla"
     assert d["fit"]["n_bootstrap"] == len(boot_fit.bootstrap)
     assert d["fit"]["n_points"] == 25 and d["interval_level"] == 0.9
-    # the law block is what scaling.law_from_fit takes
-    law = scaling.law_from_fit(d["law"])
+    # the law block is what laws.law_from_fit takes
+    law = laws.law_from_fit(d["law"])
     assert law.kind == "fit" and law.loss(1e9, 2e10) == pytest.approx(boot_fit.loss(1e9, 2e10))
 
 
@@ -232,7 +232,7 @@ def test_single_fits_recover_the_epoch_law_on_a_chinchilla_sized_design() -> Non
     (0.5% scatter) on a design the size of Chinchilla's IsoFLOP study: 9 compute levels over 3
     decades, 7 sizes a factor 2 apart around each level's minimum (63 runs). Measured over 12
     draws: |E error| at most 1.4%, rms 0.7%; alpha and beta at most 2.6%."""
-    law = scaling.ChinchillaLaw("truth", *LAW_EPOCH)
+    law = laws.ChinchillaLaw("truth", *LAW_EPOCH)
     n, d = [], []
     for c in np.logspace(18, 21, 9):
         n_opt, _ = law.optimal(float(c))

@@ -13,8 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from budgetlm import hardware, units
-from budgetlm import laws as scaling
+from budgetlm import hardware, laws, units
 from budgetlm import plan as planner
 from budgetlm.cli import app
 from budgetlm.config import DataConfig, load_config
@@ -72,8 +71,8 @@ def test_gpu_hours_on_h100_fits_and_spends_the_budget() -> None:
     assert model_flops == pytest.approx(available, rel=0.10)
     assert top.flops == pytest.approx(available, rel=0.02)
     # lr and batch from the DeepSeek priors for the run's compute
-    assert top.lr == pytest.approx(scaling.lr_prior(top.flops), rel=0.01)
-    assert top.batch_tokens == pytest.approx(scaling.deepseek_batch_tokens(top.flops), rel=0.35)
+    assert top.lr == pytest.approx(laws.lr_prior(top.flops), rel=0.01)
+    assert top.batch_tokens == pytest.approx(laws.deepseek_batch_tokens(top.flops), rel=0.35)
 
 
 def test_bare_gpu_hours_plans_for_a_reference_h100_and_says_so() -> None:
@@ -131,7 +130,7 @@ def test_cli_gpu_hours_is_fast_and_torch_free() -> None:
 
 @pytest.mark.parametrize("row", range(3), ids=["400M", "1B", "10B"])
 def test_flops_budget_reproduces_chinchilla_table3(row: int) -> None:
-    n_ref, c, d_ref = scaling.CHINCHILLA_TABLE3[row]
+    n_ref, c, d_ref = laws.CHINCHILLA_TABLE3[row]
     p = plan(Budget(flops=c))
     top = p.top
     assert top.params / n_ref == pytest.approx(1, abs=0.15)
@@ -164,7 +163,7 @@ def test_fit_hook_replaces_the_prior() -> None:
     p = plan(Budget(flops=1e20), fit=fit)
     assert p.law.kind == "fit" and p.to_dict()["loss_kind"] == "fit"
     assert p.top.loss_law == pytest.approx(
-        scaling.law_from_fit(fit).loss(p.top.params, p.top.tokens)
+        laws.law_from_fit(fit).loss(p.top.params, p.top.tokens)
     )
 
 

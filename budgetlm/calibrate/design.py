@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.config import DataConfig, RunConfig
 from budgetlm.errors import UserError
 from budgetlm.estimate import count_params
@@ -33,6 +33,7 @@ from budgetlm.plan import (
     price_candidates,
     run_config,
 )
+from budgetlm.plan.pricing import whole_eval_windows
 
 PLAN_SHARE = 0.85  # of the pilot budget the design fills with predicted pilot time
 PILOT_OVERHEAD_S = 2.5  # per pilot before any is measured: process, data, model, final eval
@@ -123,8 +124,7 @@ def pilot_key(level: int, name: str, level_flops: float, seq_len: int) -> str:
 
 def eval_tokens(seq_len: int, val_tokens: int) -> int:
     """Validation tokens of every pilot: EVAL_TOKENS in whole windows, within the split."""
-    e = min(EVAL_TOKENS, max(seq_len, val_tokens - 1))
-    return max(seq_len, e // seq_len * seq_len)
+    return whole_eval_windows(EVAL_TOKENS, seq_len, val_tokens)
 
 
 class PilotDesigner:
@@ -140,7 +140,7 @@ class PilotDesigner:
         self.unique = int(len(corpus.train))
         self.vocab = int(corpus.tokenizer.vocab_size)
         self.val_tokens = int(len(corpus.val))
-        self.prior = scaling.prior("epoch")
+        self.prior = laws.prior("epoch")
         self._params: dict[Shape, int] = {}
         self.rungs = [s for s in ladder() if s.approx_params <= MAX_PILOT_PARAMS]
 
@@ -162,7 +162,7 @@ class PilotDesigner:
 
     def shapes(self, flops: float, sizes: int, spread: float) -> list[Shape]:
         """`sizes` distinct rungs spread by `spread` around the prior's optimum at `flops`."""
-        n0, _ = scaling.data_constrained_optimal(self.prior, flops, self.unique)
+        n0, _ = laws.data_constrained_optimal(self.prior, flops, self.unique)
         logs = [math.log(self.total_params(s)) for s in self.rungs]
         chosen: list[int] = []
         for j in range(sizes):

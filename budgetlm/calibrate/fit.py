@@ -13,10 +13,13 @@ import datetime as _dt
 import math
 from typing import Any
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.calibrate.design import Design, eval_tokens
 from budgetlm.config import DataConfig
 from budgetlm.errors import UserError
+from budgetlm.laws.entropy import entropy_bound
+from budgetlm.laws.fitting.chinchilla import fit_law
+from budgetlm.laws.fitting.kaplan import fit_kaplan
 
 MIN_PILOTS = 5  # finished pilots a fit needs
 PREDICTION = ("geometric mean of the Chinchilla-form law and the Kaplan-form law fitted to the "
@@ -35,8 +38,8 @@ def pilot_rows(d: Design, records: dict[str, dict[str, Any]], unique: int) -> li
             "key": p.key, "name": p.name, "level": p.level, "level_flops": p.level_flops,
             "n_layer": p.n_layer, "d_model": p.d_model, "n_head": p.n_head,
             "params": p.params, "tokens": tokens if ok else p.tokens,
-            "effective_tokens": scaling.effective_data(tokens, unique) if ok else None,
-            "epochs": scaling.epochs(tokens, unique) if ok else None,
+            "effective_tokens": laws.effective_data(tokens, unique) if ok else None,
+            "epochs": laws.epochs(tokens, unique) if ok else None,
             "flops": r.get("flops"), "val_loss": float(loss) if ok else None,
             "val_bpb": r.get("val_bpb") if ok else None,
             "wall_seconds": r.get("wall_seconds"), "predicted_seconds": p.predicted_seconds,
@@ -60,9 +63,6 @@ def _finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fit_pilots(d: Design, records: dict[str, dict[str, Any]], corpus: Any, data: DataConfig,
                budget: Any, fraction: float, bootstrap: int, seed: int) -> dict[str, Any]:
     """Both forms fitted to the finished pilots: fit.json's fields up to `design_seconds`."""
-    from budgetlm.laws.entropy import entropy_bound
-    from budgetlm.laws.fitting.chinchilla import fit_law
-    from budgetlm.laws.fitting.kaplan import fit_kaplan
 
     unique = int(len(corpus.train))
     rows = pilot_rows(d, records, unique)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from budgetlm.config import RunConfig
+from budgetlm.config import RunConfig, tokens_per_step
 from budgetlm.estimate.flops import Flops, flops_per_token
 from budgetlm.estimate.inputs import assumed_micro_batch
 from budgetlm.estimate.memory import Memory, memory_breakdown
@@ -41,7 +41,7 @@ class Estimate:
                 "causal_halved": self.flops.causal_halved,
             },
             "memory": self.memory.to_dict(),
-            "tokens_per_step": mb * cfg.train.grad_accum * cfg.model.seq_len,
+            "tokens_per_step": tokens_per_step(mb, cfg.train.grad_accum, cfg.model.seq_len),
             "step_time": asdict(self.step) if self.step is not None else None,
             "micro_batch": mb,
             "precision": cfg.train.precision,

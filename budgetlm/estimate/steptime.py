@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from budgetlm.config import RunConfig
+from budgetlm.config import RunConfig, tokens_per_step
 from budgetlm.estimate.flops import flops_per_token
 from budgetlm.estimate.inputs import assumed_micro_batch, checked_precision
 from budgetlm.estimate.params import count_params
@@ -15,7 +15,7 @@ from budgetlm.estimate.params import count_params
 # (Chowdhery et al. 2022, Table 3), Megatron-LM 1T 52% (Narayanan et al. 2021), Llama 3 405B
 # 38–43% (Dubey et al. 2024, Table 4). Small models are launch- and bandwidth-bound: GPT-2 124M
 # in eager PyTorch reaches ~25–35% on an A100 (nanoGPT without torch.compile), and models of a
-# few million parameters a few percent. Priors only: calibrate on the machine when possible.
+# few million parameters a few percent. Priors only: time steps on the machine when possible.
 _GPU_MFU_ANCHORS = ((1e6, 0.03), (1e7, 0.10), (1e8, 0.30), (1e9, 0.40), (1e10, 0.45))
 # On a CPU the profile's peak is *measured* fp32 matmul throughput (no datasheet exists); a
 # training step reaches this fraction of it (softmax, norms, GELU and the optimizer cost
@@ -56,7 +56,7 @@ class StepTime:
 
     flops_per_step counts executed FLOPs (forward + backward + recompute) over
     micro_batch x grad_accum x seq_len tokens. source: "measured profile" (this machine's
-    measured matmul peak x default MFU), "datasheet peak x default MFU", or "calibrated".
+    measured matmul peak x default MFU), "datasheet peak x default MFU", or "timed".
     """
 
     seconds: float
@@ -86,8 +86,8 @@ def step_time(
     object with `.peak(precision) -> float | None`, `.measured: bool`, `.device: str`).
 
     None when there is no profile or it has no peak for the precision. If the profile offers
-    `calibrated_mfu(cfg) -> float | None` (fit from measured steps) and it answers, that MFU is
-    used and the source is "calibrated".
+    `timed_mfu(cfg) -> float | None` (fit from timed steps) and it answers, that MFU is
+    used and the source is "timed".
     """
     if profile is None:
         return None
@@ -96,17 +96,17 @@ def step_time(
     if not peak:
         return None
     mb = assumed_micro_batch(cfg, micro_batch)
-    tokens = mb * cfg.train.grad_accum * cfg.model.seq_len
+    tokens = tokens_per_step(mb, cfg.train.grad_accum, cfg.model.seq_len)
     flops = flops_per_token(cfg.model, cfg.train.activation_checkpointing)
     flops_per_step = flops.total * tokens
     device = str(getattr(profile, "device", "cuda"))
     measured = bool(getattr(profile, "measured", False))
     mfu: float | None = None
     source = ""
-    calibrated = getattr(profile, "calibrated_mfu", None)
-    if callable(calibrated):
-        mfu = calibrated(cfg)
-        source = "calibrated"
+    timed = getattr(profile, "timed_mfu", None)
+    if callable(timed):
+        mfu = timed(cfg)
+        source = "timed"
     if not mfu:
         mfu = default_mfu(count_params(cfg.model).total, device)
         source = "measured profile" if measured else "datasheet peak x default MFU"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.config import DataConfig
 from budgetlm.plan.budget import Budget, Target
 from budgetlm.plan.pricing import MIN_STEPS, PRIOR_MIN_STEPS, Candidate, PlanContext
 from budgetlm.units import format_count
 
 
-def fit_note(law: scaling.LossLaw, data: DataConfig, data_given: bool) -> str:
+def fit_note(law: laws.LossLaw, data: DataConfig, data_given: bool) -> str:
     """What a fitted law's predictions mean, and whether they apply to this plan's data."""
     level = float(law.extra.get("interval_level", 0.9))
     out = (f"loss: fit ({law.source}); nats/token on that corpus and tokenizer, with a "
@@ -57,13 +57,13 @@ def _top_notes(top: Candidate, tgt: Target) -> list[str]:
                        if top.epochs > 4 else "")
         )
     c_top = top.flops
-    if c_top < scaling.DEEPSEEK_FIT_RANGE[0]:
+    if c_top < laws.DEEPSEEK_FIT_RANGE[0]:
         notes.append(
             f"lr and batch: {c_top:.2g} FLOPs is below the range the DeepSeek LLM 2024 priors "
             "were fitted on (1e17-2e19): lr held at its 1e17 value, batch extrapolated and "
             f"capped to give at least {PRIOR_MIN_STEPS} steps"
         )
-    elif c_top > scaling.DEEPSEEK_FIT_RANGE[1]:
+    elif c_top > laws.DEEPSEEK_FIT_RANGE[1]:
         notes.append(f"lr and batch: DeepSeek LLM 2024 priors extrapolated to {c_top:.2g} FLOPs "
                      "(fitted on 1e17-2e19)")
     return notes

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.config import PRECISIONS, DataConfig, RunConfig, dump_config
 from budgetlm.errors import UserError
 from budgetlm.plan.budget import Budget, Target, resolve_target
@@ -39,7 +39,7 @@ class Plan:
 
     budget: Budget
     target: Target
-    law: scaling.LossLaw
+    law: laws.LossLaw
     data: DataConfig
     data_given: bool
     unique_tokens: int | None
@@ -154,11 +154,11 @@ def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
             raise UserError(f"--precision: unknown precision {p!r}; one of {', '.join(PRECISIONS)}")
 
 
-def _shapes_to_price(law: scaling.LossLaw, tgt: Target, precs: list[str],
+def _shapes_to_price(law: laws.LossLaw, tgt: Target, precs: list[str],
                      unique: int | None) -> list[Shape]:
     """Rungs within LADDER_SPAN of the rough optimum, and always the smallest (so "too small"
     names the smallest model)."""
-    n_opt, _ = scaling.data_constrained_optimal(law, rough_compute(tgt, precs), unique)
+    n_opt, _ = laws.data_constrained_optimal(law, rough_compute(tgt, precs), unique)
     shapes = [
         s for s in ladder()
         if n_opt / LADDER_SPAN <= s.approx_params <= n_opt * LADDER_SPAN
@@ -179,7 +179,7 @@ def _finish_all(setups: list[Candidate],
     return ok, bad
 
 
-def _optimum(law: scaling.LossLaw, top: Candidate, unique: int | None) -> dict[str, Any]:
+def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None) -> dict[str, Any]:
     """The law's compute-optimal allocations at the top candidate's compute."""
     n_top, d_top = law.optimal(max(top.flops, 1.0))
     optimum: dict[str, Any] = {
@@ -191,13 +191,13 @@ def _optimum(law: scaling.LossLaw, top: Candidate, unique: int | None) -> dict[s
                           "tokens": top.tokens},
     }
     if unique is not None:
-        n_dc, d_dc = scaling.data_constrained_optimal(law, max(top.flops, 1.0), unique)
+        n_dc, d_dc = laws.data_constrained_optimal(law, max(top.flops, 1.0), unique)
         optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
-                                       "epochs": scaling.epochs(d_dc, unique)}
+                                       "epochs": laws.epochs(d_dc, unique)}
     return optimum
 
 
-def _fitted_defaults(law: scaling.LossLaw, seq_lens: list[int] | None,
+def _fitted_defaults(law: laws.LossLaw, seq_lens: list[int] | None,
                      precisions: list[str] | None) -> tuple[list[int] | None, list[str] | None]:
     """A fitted law is a statement about the pilots' sequence length and precision."""
     if law.kind == "fit":
@@ -238,7 +238,7 @@ def plan(
     """
     t0 = time.perf_counter()
     _check_options(family, schedule, seq_lens, precisions)
-    law = scaling.law_from_fit(fit) if fit is not None else scaling.prior(prior)
+    law = laws.law_from_fit(fit) if fit is not None else laws.prior(prior)
     seq_lens, precisions = _fitted_defaults(law, seq_lens, precisions)
     tgt = resolve_target(budget, profile)
     info = data_info(data, tokens, tgt)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.config import ModelConfig, OptimConfig, RunConfig, TrainConfig, tokens_per_step
 from budgetlm.errors import UserError
 from budgetlm.estimate import count_params, memory_breakdown, model_flops_per_token, step_time
@@ -90,7 +90,7 @@ class PlanContext:
     """What pricing a candidate needs besides its shape: the target, the law, the data."""
 
     target: Target
-    law: scaling.LossLaw
+    law: laws.LossLaw
     unique: int | None  # unique training tokens (None: unlimited)
     vocab: int
     val_tokens: int | None
@@ -221,7 +221,7 @@ def finish_candidate(c: Candidate, ctx: PlanContext) -> Candidate:
         return c
     if tgt.kind != "time":
         c.tokens = c.steps * c.batch_tokens  # a token cap: whole steps
-    c.lr = scaling.lr_prior(max(compute, 1.0))
+    c.lr = laws.lr_prior(max(compute, 1.0))
     if c.tokens_per_s:
         c.seconds = c.tokens / c.tokens_per_s + eval_overhead
     if c.memory_model is not None:
@@ -255,7 +255,7 @@ def _batch_from_prior(c: Candidate, tokens: float, compute: float, tgt: Target) 
     """Global batch: the DeepSeek prior, shrunk (not below MIN_BATCH_SEQS) to give at least
     PRIOR_MIN_STEPS steps; whole sequences, as micro-batch x accumulation x devices."""
     T, K = c.seq_len, c.devices
-    seqs = max(1, round(scaling.deepseek_batch_tokens(max(compute, 1.0)) / T))
+    seqs = max(1, round(laws.deepseek_batch_tokens(max(compute, 1.0)) / T))
     seqs = min(seqs, max(MIN_BATCH_SEQS, int(tokens // (T * PRIOR_MIN_STEPS))))
     per_device = max(1, math.ceil(seqs / K))
     if per_device <= c.micro_batch and (tgt.device == "cpu" or tgt.kind == "time"):
@@ -271,15 +271,15 @@ def _predict_loss(c: Candidate, ctx: PlanContext) -> None:
     """The law's loss at (N, D) with repeated epochs priced, plus the context heuristic."""
     law = ctx.law
     n = law.n_of(c.params, c.non_embedding_params)
-    c.epochs = scaling.epochs(c.tokens, ctx.unique)
+    c.epochs = laws.epochs(c.tokens, ctx.unique)
     c.effective_tokens = (
-        scaling.effective_data(c.tokens, ctx.unique) if ctx.unique else float(c.tokens)
+        laws.effective_data(c.tokens, ctx.unique) if ctx.unique else float(c.tokens)
     )
     c.loss_law = law.loss_repeated(n, c.tokens, ctx.unique)
     c.context_adjustment = 0.0
     if ctx.ref_seq:
-        c.context_adjustment = (scaling.context_excess(c.seq_len)
-                                - scaling.context_excess(ctx.ref_seq))
+        c.context_adjustment = (laws.context_excess(c.seq_len)
+                                - laws.context_excess(ctx.ref_seq))
     c.loss = c.loss_law + c.context_adjustment
     if law.has_interval:
         _, lo, hi = law.interval(n, c.tokens, ctx.unique)
@@ -290,10 +290,15 @@ def _predict_loss(c: Candidate, ctx: PlanContext) -> None:
 def time_budget_eval_tokens(tokens: float, seq_len: int, val_tokens: int | None) -> int:
     """Tokens per evaluation of a --time run: about TIME_EVAL_SHARE of the budget in total."""
     e = TIME_EVAL_SHARE * 3 * tokens / (TIME_EVALS - 1)
-    e = min(max(e, 8 * seq_len), 65536)
+    return whole_eval_windows(min(max(e, 8 * seq_len), 65536), seq_len, val_tokens)
+
+
+def whole_eval_windows(tokens: float, seq_len: int, val_tokens: int | None) -> int:
+    """`tokens` of validation cut to whole windows of `seq_len` that fit in the validation split
+    (`val_tokens`; None: no limit), at least one window."""
     if val_tokens:
-        e = min(e, max(seq_len, val_tokens - 1))
-    return max(seq_len, int(e // seq_len) * seq_len)
+        tokens = min(tokens, max(seq_len, val_tokens - 1))
+    return max(seq_len, int(tokens // seq_len) * seq_len)
 
 
 def precisions_for(tgt: Target, wanted: list[str] | None) -> list[str]:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.config import (
     DataConfig,
     OptimConfig,
@@ -80,7 +80,7 @@ def train_config(c: Candidate, target: Target, *, eval_interval: int | None = No
     return TrainConfig(**train)
 
 
-def predicted(c: Candidate, *, law: scaling.LossLaw, unique_tokens: int | None,
+def predicted(c: Candidate, *, law: laws.LossLaw, unique_tokens: int | None,
               target: Target) -> dict[str, Any]:
     """What the plan predicts for candidate `c` (a run's `meta.predicted`)."""
     fitted = law.kind == "fit"
@@ -119,7 +119,7 @@ def predicted(c: Candidate, *, law: scaling.LossLaw, unique_tokens: int | None,
 
 
 def run_config(
-    c: Candidate, *, target: Target, law: scaling.LossLaw, data: DataConfig,
+    c: Candidate, *, target: Target, law: laws.LossLaw, data: DataConfig,
     unique_tokens: int | None, optimizer: str, schedule: str, family: str, seed: int,
     budget: Budget | None = None, name: str | None = None, meta: dict[str, Any] | None = None,
     **train_options: Any,

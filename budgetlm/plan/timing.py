@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from budgetlm import laws as scaling
+from budgetlm import laws
 from budgetlm.config import OptimConfig, tokens_per_step
 from budgetlm.plan.budget import Target
 from budgetlm.plan.ladder import Shape
@@ -167,7 +167,7 @@ def apply_measured(setups: list[Candidate], measured: dict[str, float],
             r = measured[s.name] / s.estimated_tokens_per_s
             s.time_source = TIMED
         elif points:
-            r = math.exp(scaling.interpolate(math.log(s.flops_per_token), points))
+            r = math.exp(laws.interpolate(math.log(s.flops_per_token), points))
             s.time_source = f"estimate x {r:.2f} (timed steps)"
         else:
             continue

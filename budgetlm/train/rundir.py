@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from budgetlm import __version__
 from budgetlm.config import RunConfig, dump_config
 from budgetlm.errors import UserError
 from budgetlm.units import atomic_write_text, write_json
@@ -48,8 +49,6 @@ def git_sha() -> str | None:
 
 def environment(profile: dict[str, Any] | None) -> dict[str, Any]:
     import torch
-
-    from budgetlm import __version__
 
     return {
         "budgetlm": __version__,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from budgetlm.errors import UserError
+from budgetlm.hardware import load_profile
 
 
 def pick_device(name: str) -> str:
@@ -75,8 +76,6 @@ def machine_profile() -> Any:
     """This machine's hardware profile, or None: a profile is a nicety for the result, never a
     reason to fail a run."""
     try:
-        from budgetlm.hardware import load_profile
-
         return load_profile()
     except Exception:
         return None

@@ -4,13 +4,12 @@ import math
 
 import pytest
 
-from budgetlm import laws as scaling
-from budgetlm import units
+from budgetlm import laws, units
 from budgetlm.errors import UserError
 
 
 def test_closed_form_optimum_spends_the_budget_and_minimizes_the_loss() -> None:
-    law = scaling.CHINCHILLA
+    law = laws.CHINCHILLA
     c = 1e21
     n, d = law.optimal(c)
     assert 6 * n * d == pytest.approx(c, rel=1e-9)
@@ -20,7 +19,7 @@ def test_closed_form_optimum_spends_the_budget_and_minimizes_the_loss() -> None:
 
 
 def test_G_matches_hoffmann_eq_4() -> None:
-    law = scaling.CHINCHILLA
+    law = laws.CHINCHILLA
     a, b, A, B = law.alpha, law.beta, law.A, law.B
     assert law.G == pytest.approx((a * A / (b * B)) ** (1 / (a + b)))
     n, _ = law.optimal(6e20)
@@ -29,25 +28,25 @@ def test_G_matches_hoffmann_eq_4() -> None:
 
 @pytest.mark.parametrize("row", range(3))
 def test_epoch_prior_reproduces_chinchilla_table3_in_closed_form(row: int) -> None:
-    n_ref, c, d_ref = scaling.CHINCHILLA_TABLE3[row]
-    n, d = scaling.EPOCH.optimal(c)
+    n_ref, c, d_ref = laws.CHINCHILLA_TABLE3[row]
+    n, d = laws.EPOCH.optimal(c)
     expected = [(0.92, 1.09), (0.94, 1.06), (1.01, 0.99)][row]
     assert n / n_ref == pytest.approx(expected[0], abs=0.01)
     assert d / d_ref == pytest.approx(expected[1], abs=0.01)
 
 
 def test_published_constants() -> None:
-    c, e = scaling.CHINCHILLA, scaling.EPOCH
+    c, e = laws.CHINCHILLA, laws.EPOCH
     assert (c.E, c.A, c.B, c.alpha, c.beta) == (1.69, 406.4, 410.7, 0.34, 0.28)
     assert (e.E, e.A, e.B, e.alpha, e.beta) == (1.8172, 482.01, 2085.43, 0.3478, 0.3658)
-    k = scaling.KAPLAN
+    k = laws.KAPLAN
     assert k.params == "non_embedding" and k.form == "kaplan"
-    for law in scaling.PRIORS.values():
+    for law in laws.PRIORS.values():
         assert law.kind == "prior" and law.source
 
 
 def test_kaplan_form_decreases_in_params_and_tokens() -> None:
-    k = scaling.KAPLAN
+    k = laws.KAPLAN
     assert k.loss(1e8, 1e10) < k.loss(1e7, 1e10)
     assert k.loss(1e8, 1e10) < k.loss(1e8, 1e9)
     # in the data-rich limit L(N, D) -> (Nc/N)^alpha_N (Kaplan eq. 1.1)
@@ -58,54 +57,54 @@ def test_kaplan_form_decreases_in_params_and_tokens() -> None:
 
 def test_effective_data_follows_muennighoff() -> None:
     u = 1e9
-    assert scaling.effective_data(0.5 * u, u) == 0.5 * u  # no repetition
-    assert scaling.effective_data(u, u) == u
-    four = scaling.effective_data(4 * u, u)  # ~4 epochs are nearly as good as new data
+    assert laws.effective_data(0.5 * u, u) == 0.5 * u  # no repetition
+    assert laws.effective_data(u, u) == u
+    four = laws.effective_data(4 * u, u)  # ~4 epochs are nearly as good as new data
     assert 0.9 * 4 * u < four < 4 * u
     assert four == pytest.approx(u + u * 15.4 * (1 - math.exp(-3 / 15.4)))
     # many epochs saturate at U·(1 + R*)
-    assert scaling.effective_data(1e4 * u, u) == pytest.approx(u * (1 + scaling.R_D_STAR))
-    assert scaling.epochs(3e9, 1e9) == 3.0 and scaling.epochs(1e8, None) == 1.0
+    assert laws.effective_data(1e4 * u, u) == pytest.approx(u * (1 + laws.R_D_STAR))
+    assert laws.epochs(3e9, 1e9) == 3.0 and laws.epochs(1e8, None) == 1.0
 
 
 def test_repeated_data_costs_loss_and_moves_compute_to_epochs() -> None:
-    law = scaling.EPOCH
+    law = laws.EPOCH
     n, c, unique = 1e8, 1.92e19, 1e8
     d = c / (6 * n)
     assert law.loss_repeated(n, d, unique) > law.loss(n, d)
     assert law.loss_repeated(n, 0.5 * unique, unique) == law.loss(n, 0.5 * unique)
     n0, d0 = law.optimal(c)
-    n1, d1 = scaling.data_constrained_optimal(law, c, unique)
+    n1, d1 = laws.data_constrained_optimal(law, c, unique)
     # Muennighoff et al.: with scarce data, spend extra compute on epochs more than parameters
     assert d1 / unique > 1 and n1 < n0 and d1 > d0
 
 
 def test_deepseek_priors() -> None:
-    assert scaling.deepseek_lr(1e20) == pytest.approx(0.3118 * 1e20**-0.125)
-    assert scaling.deepseek_lr(1e20) == pytest.approx(9.86e-4, rel=1e-3)
-    assert scaling.deepseek_batch_tokens(1e20) == pytest.approx(0.2920 * 1e20**0.3271)
-    assert scaling.deepseek_lr(1e18) > scaling.deepseek_lr(1e20)
-    assert scaling.deepseek_batch_tokens(1e18) < scaling.deepseek_batch_tokens(1e20)
+    assert laws.deepseek_lr(1e20) == pytest.approx(0.3118 * 1e20**-0.125)
+    assert laws.deepseek_lr(1e20) == pytest.approx(9.86e-4, rel=1e-3)
+    assert laws.deepseek_batch_tokens(1e20) == pytest.approx(0.2920 * 1e20**0.3271)
+    assert laws.deepseek_lr(1e18) > laws.deepseek_lr(1e20)
+    assert laws.deepseek_batch_tokens(1e18) < laws.deepseek_batch_tokens(1e20)
     # below the fitted range the lr prior is held at its 1e17 value, not extrapolated
-    assert scaling.lr_prior(1e12) == scaling.lr_prior(1e17) == pytest.approx(2.34e-3, rel=0.01)
-    assert scaling.lr_prior(1e20) == scaling.deepseek_lr(1e20)
+    assert laws.lr_prior(1e12) == laws.lr_prior(1e17) == pytest.approx(2.34e-3, rel=0.01)
+    assert laws.lr_prior(1e20) == laws.deepseek_lr(1e20)
 
 
 def test_law_from_fit_is_a_fit_of_the_same_form() -> None:
-    law = scaling.law_from_fit({"E": 1.0, "A": 100.0, "B": 200.0, "alpha": 0.3, "beta": 0.3,
+    law = laws.law_from_fit({"E": 1.0, "A": 100.0, "B": 200.0, "alpha": 0.3, "beta": 0.3,
                                 "sigma": 0.02})
     assert law.kind == "fit" and law.form == "chinchilla" and law.extra == {"sigma": 0.02}
     assert law.loss(1e6, 1e8) == pytest.approx(1 + 100 / 1e6**0.3 + 200 / 1e8**0.3)
     with pytest.raises(UserError, match="missing"):
-        scaling.law_from_fit({"E": 1.0})
+        laws.law_from_fit({"E": 1.0})
     with pytest.raises(UserError, match="positive"):
-        scaling.law_from_fit({"E": 1.0, "A": 1, "B": 1, "alpha": -0.3, "beta": 0.3})
+        laws.law_from_fit({"E": 1.0, "A": 1, "B": 1, "alpha": -0.3, "beta": 0.3})
     with pytest.raises(UserError, match="unknown prior"):
-        scaling.prior("gpt5")
+        laws.prior("gpt5")
 
 
 def test_context_heuristic_shrinks_with_context() -> None:
-    vals = [scaling.context_excess(t) for t in (64, 128, 256, 1024, 2048, 8192)]
+    vals = [laws.context_excess(t) for t in (64, 128, 256, 1024, 2048, 8192)]
     assert all(a > b for a, b in zip(vals, vals[1:], strict=False))
     assert vals[3] - vals[4] < 0.02  # a tie-breaker at GPU scale
 
@@ -120,11 +119,11 @@ def test_parse_number() -> None:
 
 
 def test_kaplan_closed_form_optimum_matches_a_numeric_search() -> None:
-    law = scaling.KAPLAN
+    law = laws.KAPLAN
     for c in (1e15, 1e19, 1e23):
         n, d = law.optimal(c)
         assert 6 * n * d == pytest.approx(c)
-        num = scaling.minimize_log(lambda x, c=c: law.loss(x, c / (6 * x)), 1.0, c / 6)
+        num = laws.minimize_log(lambda x, c=c: law.loss(x, c / (6 * x)), 1.0, c / 6)
         assert n == pytest.approx(num, rel=1e-6)
         assert law.params_for_tokens(d) == pytest.approx(n, rel=1e-9)
 
@@ -138,7 +137,7 @@ KAP = {"law": {"form": "kaplan", "n_c": 5.3e5, "d_c": 2.3e7, "alpha_n": 0.22, "a
 
 
 def test_a_fit_with_two_forms_predicts_their_geometric_mean_and_spans_both() -> None:
-    law = scaling.law_from_fit({**CHIN, "forms": {"kaplan": KAP}})
+    law = laws.law_from_fit({**CHIN, "forms": {"kaplan": KAP}})
     assert law.form == "mean" and [m.form for m in law.members] == ["chinchilla", "kaplan"]
     assert law.extra["seq_len"] == 64 and law.has_interval
     chin, kap = law.members
@@ -152,7 +151,7 @@ def test_a_fit_with_two_forms_predicts_their_geometric_mean_and_spans_both() -> 
     n, d = law.optimal(1e13)
     assert 6 * n * d == pytest.approx(1e13)
     assert law.loss(n, d) <= min(law.loss(n * f, d / f) for f in (0.8, 1.25))
-    assert scaling.law_from_fit(CHIN).form == "chinchilla"
+    assert laws.law_from_fit(CHIN).form == "chinchilla"
 
 
 @pytest.mark.parametrize("kap", [
@@ -161,4 +160,4 @@ def test_a_fit_with_two_forms_predicts_their_geometric_mean_and_spans_both() -> 
 ])
 def test_a_malformed_second_form_is_a_user_error(kap: object) -> None:
     with pytest.raises(UserError, match="kaplan"):
-        scaling.law_from_fit({**CHIN, "forms": {"kaplan": kap}})
+        laws.law_from_fit({**CHIN, "forms": {"kaplan": kap}})
