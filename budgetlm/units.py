@@ -17,6 +17,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,20 +167,26 @@ def format_sci(v: Any, digits: int = 2) -> str:
 # Files
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` whole or not at all: a temporary file beside it, then rename."""
+def atomic_replace(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create `path` whole or not at all: `write` fills a temporary file beside it, which then
+    replaces `path` (a reader sees the old file or the new one, never half of one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(Path(tmp))
         os.chmod(tmp, _new_file_mode())  # as open() would have made it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` whole or not at all."""
+    return atomic_replace(path, lambda tmp: tmp.write_text(text))
 
 
 def _new_file_mode() -> int:

@@ -12,7 +12,6 @@ Layout (DESIGN §8):
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 from budgetlm import __version__
 from budgetlm.config import RunConfig, dump_config
 from budgetlm.errors import UserError
-from budgetlm.units import atomic_write_text, write_json
+from budgetlm.units import atomic_replace, atomic_write_text, write_json
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
@@ -132,12 +131,10 @@ class RunDir:
 
 
 def _save_whole(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: never half a checkpoint."""
+    """torch.save, atomically: never half a checkpoint."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_replace(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, what: str = "init_from") -> dict[str, Any]:
