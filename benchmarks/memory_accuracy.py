@@ -8,8 +8,9 @@ zero_grad(set_to_none=True)) and compare
 
 What is compared: max_memory_allocated counts tensors from PyTorch's caching allocator only, so
 it cannot see the CUDA context nor the allocator's reserved-but-free slack. The comparison is
-therefore against `Memory.total - context - allocator_slack` (see
-`budgetlm.estimate.overhead_parts`); max_memory_reserved is recorded beside it, and the CUDA
+therefore against `Memory.tensor_peak + workspace` (see
+`budgetlm.estimate.overhead_parts`; benchmarks/memory_truth.py checks the tensor peak itself
+against torch's MemTracker without a GPU); max_memory_reserved is recorded beside it, and the CUDA
 context is measured once (device memory in use minus memory reserved by PyTorch).
 
 Usage:
@@ -136,13 +137,12 @@ def run_config(row: Row) -> RunConfig:
 def estimate_row(row: Row) -> dict[str, Any]:
     cfg = run_config(row)
     mem = memory_breakdown(cfg, device="cuda")
-    tensors = mem.total - mem.overhead
-    parts = overhead_parts("cuda", tensors)
+    parts = overhead_parts("cuda", mem.tensor_peak)
     return {
         "memory": mem.to_dict(),
         "overhead_parts": parts,
-        "allocated": mem.total - parts["context"] - parts["allocator_slack"],
-        "reserved": mem.total - parts["context"],
+        "allocated": mem.tensor_peak + parts["workspace"],
+        "reserved": mem.tensor_peak + parts["workspace"] + parts["allocator_slack"],
     }
 
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         f"torch {torch.__version__}; {STEPS} steps per row; error = (estimate allocated - "
         "max_memory_allocated) / max_memory_allocated, where estimate allocated = "
-        "Memory.total - CUDA context - allocator slack.",
+        "Memory.tensor_peak + cuBLAS workspace.",
         f"CUDA context measured: {_gib(context)} GiB (estimate's CUDA_CONTEXT_BYTES: "
         f"{_gib(overhead_parts('cuda', 0)['context'])} GiB).",
     ]

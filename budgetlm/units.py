@@ -1,6 +1,7 @@
 """Numbers in and out, and files written whole: the one place for each.
 
-- Parsing what a user types: `parse_number` ('8B', '1e19'), `parse_duration` ('1h30m').
+- Parsing what a user types: `parse_number` ('8B', '1e19'), `parse_duration` ('1h30m'), both
+  finite (`require_finite`).
 - Formatting numbers for people: `format_count`, `format_si`, `format_flops_rate`,
   `format_seconds`, `human_bytes`, `short_bytes`, `format_sci`.
 - Writing files so a reader never sees half of one: `atomic_write_text`, `write_json`
@@ -31,15 +32,29 @@ GiB = 1024**3
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12, "p": 1e15}
 
 
+def require_finite(value: float, what: str, text: Any = None) -> float:
+    """`value` as a float; UserError naming `what` when it is infinite or NaN (what was typed,
+    `text`, is quoted when given: '1e400' overflows to inf)."""
+    v = float(value)
+    if not math.isfinite(v):
+        shown = str(value) if text is None else str(text)
+        shown = repr(shown if len(shown) <= 40 else shown[:37] + "...")
+        raise UserError(f"{what}: must be finite, got {shown}")
+    return v
+
+
 def parse_number(text: str, what: str) -> float:
-    """'1e19', '2.5e9', '8B', '400M', '1.5T', '20k' -> float; UserError naming `what` otherwise."""
+    """'1e19', '2.5e9', '8B', '400M', '1.5T', '20k' -> a finite float; UserError naming `what`
+    otherwise ('inf', 'nan' and numbers that overflow, '1e400', are not finite)."""
     s = str(text).strip().replace("_", "").replace(",", "")
     try:
         if s and s[-1].lower() in _SUFFIX and not s.lower().endswith("e"):
-            return float(s[:-1]) * _SUFFIX[s[-1].lower()]
-        return float(s)
+            value = float(s[:-1]) * _SUFFIX[s[-1].lower()]
+        else:
+            value = float(s)
     except ValueError:
         raise UserError(f"{what}: expected a number like 1e19 or 8B, got {text!r}") from None
+    return require_finite(value, what, text)
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|m|s|ms)?", re.IGNORECASE)
@@ -47,18 +62,25 @@ _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, Non
 
 
 def parse_duration(text: str | float, what: str = "--time") -> float:
-    """'10m', '90s', '1h30m', '2.5h', '45' (plain seconds) -> seconds; UserError otherwise."""
+    """'10m', '90s', '1h30m', '2.5h', '45' or '1e3' (plain seconds) -> seconds, finite and
+    positive; UserError otherwise."""
     if isinstance(text, int | float):
-        seconds = float(text)
+        seconds = require_finite(text, what)
     else:
         seconds = _duration_seconds(text, what)
-    if not math.isfinite(seconds) or seconds <= 0:
+    if seconds <= 0:
         raise UserError(f"{what}: must be positive, got {text!r}")
     return seconds
 
 
 def _duration_seconds(text: str, what: str) -> float:
     s = str(text).strip().lower().replace(" ", "")
+    try:
+        plain = float(s)  # plain seconds in any float syntax; 'inf', 'nan', '1e400' refused
+    except ValueError:
+        plain = None
+    if plain is not None:
+        return require_finite(plain, what, text)
     if s.startswith("-"):
         raise UserError(f"{what}: must be positive, got {text!r}")
     pos, seconds, parts = 0, 0.0, 0
@@ -76,7 +98,7 @@ def _duration_seconds(text: str, what: str) -> float:
         pos, parts = m.end(), parts + 1
     if parts == 0:
         raise UserError(f"{what}: empty duration")
-    return seconds
+    return require_finite(seconds, what, text)
 
 
 def finite_number(v: Any) -> float | None:

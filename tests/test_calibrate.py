@@ -129,12 +129,44 @@ def test_isoflop_design_and_fit_file(calibrated: dict) -> None:
     assert p["flops"] <= 3e11 * 0.8 * 1.05
 
 
-def test_rerun_after_completion_runs_nothing(calibrated: dict) -> None:
+@pytest.fixture(scope="module")
+def rerun(calibrated: dict) -> dict:
+    """The same calibration once more, after it completed: what it did and how long it took."""
+    records = read_records(state_dir(calibrated["out"]) / "pilots.jsonl")
+    design = json.loads((state_dir(calibrated["out"]) / "design.json").read_text())
+    earlier = float(design["design_seconds"]) + sum(
+        float(r.get("wall_seconds") or 0.0) for r in records.values())
     t0 = time.perf_counter()
     res = calibrate(Budget(flops=3e11), DATA, calibrated["out"], seq_len=32, bootstrap=20,
                     write_plan=False)
+    return {"res": res, "seconds": time.perf_counter() - t0, "earlier": earlier}
+
+
+def test_rerun_after_completion_runs_nothing(rerun: dict) -> None:
+    res = rerun["res"]
     assert res.ran == 0 and res.reused == 9
-    assert time.perf_counter() - t0 < 30
+    assert rerun["seconds"] < 30
+
+
+def test_reused_calibrate_reports_reused_seconds(rerun: dict, calibrated: dict) -> None:
+    res = rerun["res"]
+    # what earlier invocations spent is reported as reused, apart from what this one spent
+    assert res.seconds_reused == pytest.approx(rerun["earlier"], rel=1e-6)
+    assert 0 < res.seconds_now <= rerun["seconds"]
+    assert res.pilot_seconds == pytest.approx(res.seconds_reused + res.fit["pilot_seconds"]
+                                              - rerun["earlier"], abs=1e-3)
+    line = res.spent_line()
+    assert line.startswith("pilots: 0 run, 9 reused; ")
+    assert f"{res.seconds_now:.0f} s now" in line
+    assert f"{res.seconds_reused:.0f} s of it by earlier invocations (reused)" in line
+    fit = json.loads(calibrated["out"].read_text())
+    assert fit["reused_seconds"] == pytest.approx(rerun["earlier"], abs=1e-3)
+    assert fit["calibrate_seconds"] <= rerun["seconds"]
+    assert any("spent by earlier invocations" in n and "9 finished pilot(s) reused" in n
+               for n in res.notes)
+    # the interrupted run's pilots were reused by the run that completed them
+    first = calibrated["res"]
+    assert first.seconds_reused > 0 and first.seconds_now <= calibrated["seconds"]
 
 
 def test_other_options_refuse_the_state_dir(calibrated: dict) -> None:
@@ -268,3 +300,48 @@ def test_bad_fit_files_exit_2_with_one_line(content: str | None, tmp_path: Path)
         assert r.exit_code == 2, r.output
         assert str(path.name) in r.output and "Traceback" not in r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+def _fake_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine as a fixed measured CPU profile (nothing measured)."""
+    from budgetlm import hardware
+
+    gib = 2**30
+    prof = hardware.HardwareProfile(
+        cpu_model="fake CPU", cpu_cores=2, memory_bytes=16 * gib, gpus=[], device="cpu",
+        matmul_flops={"fp32": 5e10}, bandwidth_bytes_per_s=None, measured=True, datasheet=None,
+        device_memory_bytes=16 * gib, gpu_count=0, created_at="2024-01-01T00:00:00Z",
+        torch_version=None, python_version="3.11",
+    )
+    monkeypatch.setattr(hardware, "cached_profile", lambda: prof)
+    monkeypatch.setattr(hardware, "load_profile", lambda *a, **k: prof)
+
+
+@pytest.mark.parametrize("budget", [["--time", "5s"], ["--flops", "1e6"]], ids=["time", "flops"])
+def test_failed_calibrate_leaves_no_empty_pilot_dir(
+    budget: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_cpu(monkeypatch)
+    out = tmp_path / "fit.json"
+    r = CliRunner().invoke(app, ["calibrate", "--data", "builtin:pystdlib", "--tokenizer", "byte",
+                                 *budget, "--seq-len", "32", "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "too small" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not state_dir(out).exists() and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pilot_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
+    out = tmp_path / "fit.json"
+    state_dir(out).write_text("not a directory")
+    r = CliRunner().invoke(app, ["calibrate", "--data", "builtin:pystdlib", "--flops", "1e12",
+                                 "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "is not a directory" in r.output and "Traceback" not in r.output
+
+
+def test_plan_rest_with_no_budget_left_keeps_the_fit() -> None:
+    fit = {**_fit_dict(), "pilots": []}
+    for budget, used in ((Budget(seconds=10), 30.0), (Budget(gpu_hours=0.001), 3600.0)):
+        p, note = plan_rest(budget, DATA, fit, used, None)
+        assert p is None and note == "no budget left after the pilots: nothing planned"

@@ -33,7 +33,10 @@ def test_estimate_json_gpt2() -> None:
     d = json.loads(res.output)
     assert d["params"] == 124_439_808
     assert {"params", "non_embedding_params", "flops_per_token", "memory"} <= set(d)
-    assert d["memory"]["total"] == sum(v for k, v in d["memory"].items() if k != "total")
+    mem = d["memory"]
+    kinds = ("weights", "grads", "optimizer", "master", "activations", "logits", "temporaries")
+    remainder = mem.get("device_remainder", mem.get("overhead", 0))
+    assert mem["total"] == sum(mem.get(k, 0) for k in kinds) + remainder
 
 
 def test_estimate_table_and_flags() -> None:
@@ -197,3 +200,72 @@ def test_plan_command_and_planner_are_torch_free() -> None:
     assert json.loads(out.stdout)["candidates"]
     code = "import budgetlm.plan, sys; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0
+
+
+USAGE_ERRORS = {  # args, the flag or argument the one line must name
+    "range_micro_batch": (["estimate", "tiny", "--micro-batch", "0"], "--micro-batch"),
+    "range_tokens": (["plan", "--gpu-hours", "1", "--tokens", "0"], "--tokens"),
+    "range_top": (["plan", "--gpu-hours", "1", "--top", "0"], "--top"),
+    "range_workers": (["tune", "study.yaml", "--workers", "0"], "--workers"),
+    "not_an_integer": (["plan", "--gpu-hours", "1", "--top", "many"], "--top"),
+    "missing_argument": (["estimate"], "config"),
+    "missing_option_value": (["estimate", "tiny", "--precision"], "--precision"),
+    "unknown_option": (["plan", "--gpu-hours", "1", "--bogus"], "--bogus"),
+    "unknown_command": (["plann"], "plann"),
+    "bad_choice": (["plan", "--gpu-hours", "1", "--prior", "astrology"], "--prior"),
+    "infinite_budget": (["plan", "--gpu-hours", "inf"], "--gpu-hours"),
+    "overflowing_tokens": (["plan", "--gpu-hours", "1", "--tokens", "1e400"], "--tokens"),
+    "infinite_gpus": (["plan", "--gpu-hours", "1", "--gpus", "inf"], "--gpus"),
+    "calibrate_without_budget": (["calibrate", "--data", "x.txt"], "--gpu-hours H, --flops C"),
+    "calibrate_infinite_ratio": (
+        ["calibrate", "--data", "x.txt", "--flops", "1e15", "--level-ratio", "inf"],
+        "--level-ratio",
+    ),
+}
+
+
+def _assert_one_error_line(text: str, needle: str) -> None:
+    text = text.strip()
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error: "), text
+    assert needle in text, text
+    assert "Traceback" not in text and "╭" not in text and "Usage:" not in text, text
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_usage_errors_are_one_line(case: str) -> None:
+    args, needle = USAGE_ERRORS[case]
+    res = invoke(*args)
+    assert res.exit_code == 2, res.output
+    _assert_one_error_line(res.output, needle)
+    assert "--cost" not in res.output or args[0] != "calibrate"  # calibrate has no --cost
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_usage_errors_are_one_line_from_the_console_script(case: str) -> None:
+    args, needle = USAGE_ERRORS[case]
+    exe = Path(sys.executable).with_name("budgetlm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "budgetlm"]
+    out = subprocess.run([*cmd, *args], capture_output=True, text=True, env=_env(), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""
+    _assert_one_error_line(out.stderr, needle)
+
+
+def test_non_finite_budgets_say_finite() -> None:
+    for args in (["--gpu-hours", "inf"], ["--flops", "1e400"], ["--gpu-hours", "1",
+                                                                "--tokens", "inf"]):
+        res = invoke("plan", *args)
+        assert res.exit_code == 2, res.output
+        assert "finite" in res.output, res.output
+
+
+def test_help_version_and_bare_command_keep_their_exit_codes() -> None:
+    for args in (["--help"], ["plan", "--help"], ["train", "--help"]):
+        res = invoke(*args)
+        assert res.exit_code == 0, res.output
+        assert "Usage" in res.output
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.output.strip() == f"budgetlm {__version__}"
+    res = invoke()
+    assert res.exit_code == 2 and "Usage" in res.output and "COMMAND" in res.output

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +401,100 @@ def test_broken_cache_entry_is_rebuilt(tmp_path):
     again = load_corpus(cfg(f))
     assert not again.info["cached"] and corpus_text(again) == TEXT
     assert load_corpus(cfg(f)).info["cached"]
+
+
+def test_negative_micro_batch_in_batches_is_user_error():
+    tokens = np.arange(1000, dtype=np.uint16)
+    for bad in (-4, 0, True, 2.5, "auto"):
+        with pytest.raises(UserError, match=r"^train\.micro_batch: must be a whole number >= 1"):
+            sample_batch(tokens, batch=bad, seq_len=16, seed=0, step=0)
+        with pytest.raises(UserError, match=r"^train\.micro_batch: must be a whole number >= 1"):
+            next(val_batches(tokens, batch=bad, seq_len=16, max_tokens=64))
+    with pytest.raises(UserError, match=r"^model\.seq_len: must be a whole number >= 1, got -1"):
+        sample_batch(tokens, batch=2, seq_len=-1, seed=0, step=0)
+    with pytest.raises(UserError, match=r"^model\.seq_len: must be a whole number >= 1, got 0"):
+        next(val_batches(tokens, batch=2, seq_len=0, max_tokens=64))
+    x, _ = sample_batch(tokens, batch=np.int64(3), seq_len=16, seed=0, step=0)
+    assert tuple(x.shape) == (3, 16)
+
+
+def test_corrupt_tokenizer_file_is_user_error(tmp_path):
+    d = tmp_path / "tok"
+    CharTokenizer("abc").save(d)
+    meta = next(p for p in d.iterdir() if p.suffix == ".json")
+    meta.write_text("{not json")
+    with pytest.raises(UserError, match=r"not a tokenizer file"):
+        load_tokenizer(d)
+    meta.write_text(json.dumps({"name": "char"}))
+    with pytest.raises(UserError, match=r"incomplete char tokenizer"):
+        load_tokenizer(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unreadable files, through the CLI with file permissions enforced
+
+
+def _permissions_enforced(tmp_path: Path) -> list[str]:
+    """A command prefix under which file permissions hold: none for a normal user; for root,
+    setpriv dropping CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH. Skips when neither works."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: cannot drop CAP_DAC_OVERRIDE")
+    prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps=-all"]
+    probe = tmp_path / "probe.txt"
+    probe.write_text("x")
+    probe.chmod(0)
+    r = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(probe)!r}).read()"],
+        capture_output=True,
+        text=True,
+    )
+    if "PermissionError" not in r.stderr:
+        pytest.skip(f"setpriv cannot drop the capability here: {r.stderr.strip()[:200]}")
+    return prefix
+
+
+def _train_on(tmp_path: Path, source: Path, prefix: list[str]) -> subprocess.CompletedProcess:
+    run_dir = tmp_path / f"run-{source.name}"
+    env = {**os.environ, "BUDGETLM_CACHE_DIR": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "budgetlm", "train", "tiny", "--max-steps", "1"]
+    args += ["--run-dir", str(run_dir), "--set", f"data.source={source}"]
+    return subprocess.run([*prefix, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_unreadable_data_file_is_one_line_error(tmp_path):
+    prefix = _permissions_enforced(tmp_path)
+    f = write(tmp_path / "secret.txt", TEXT)
+    f.chmod(0)
+    line = _one_line_error(_train_on(tmp_path, f, prefix))
+    assert line == f"error: data.source: cannot read {f}: permission denied"
+
+
+def test_unreadable_data_directory_is_not_called_empty(tmp_path):
+    prefix = _permissions_enforced(tmp_path)
+    d = tmp_path / "docs"
+    write(d / "a.txt", TEXT)
+    d.chmod(0)
+    try:
+        line = _one_line_error(_train_on(tmp_path, d, prefix))
+    finally:
+        d.chmod(0o755)
+    assert line == f"error: data.source: cannot read {d}: permission denied"
+    assert "empty" not in line
+    # an unreadable subdirectory is an error too, never silently left out of the corpus
+    write(d / "sub" / "b.txt", TEXT)
+    (d / "sub").chmod(0)
+    try:
+        line = _one_line_error(_train_on(tmp_path, d, prefix))
+    finally:
+        (d / "sub").chmod(0o755)
+    assert line == f"error: data.source: cannot read {d / 'sub'}: permission denied"

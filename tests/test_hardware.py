@@ -372,15 +372,45 @@ def test_cache_is_stale_when_the_machine_changes(
     assert len(saved["profiles"]) == 2  # one entry per machine key
 
 
-def test_corrupt_cache_is_ignored_and_rewritten(
-    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, cpu_profile: HardwareProfile
+@pytest.mark.parametrize("text, why", [
+    ("{ not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"version": 1, "profiles": 7}', "no 'profiles' mapping"),
+    ("KEY", "the entry for this machine is invalid"),
+])
+def test_corrupt_profile_cache_is_reported_and_remeasured(
+    text: str, why: str, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    cpu_profile: HardwareProfile, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (cache_dir / "profile.json").write_text("{ not json")
+    if text == "KEY":  # a valid file whose entry for this machine is garbage
+        text = json.dumps({"version": 1, "profiles": {
+            profile_cache.cache_key(): {**cpu_profile.to_dict(), "cpu_cores": "many"}}})
+    path = cache_dir / "profile.json"
+    path.write_text(text)
     assert cached_profile() is None
     calls: list[int] = []
     monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
+    measured = load_profile()
+    assert calls == [1] and cached_profile() == measured  # measured again and rewritten
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err  # said once, although read three times
+    assert lines[0].startswith(f"note: profile cache {path} is unusable") and why in lines[0]
+    assert "measured again" in lines[0]
+    assert json.loads(path.read_text())["profiles"]  # a valid cache again
+
+
+def test_stale_or_missing_profile_cache_is_not_reported(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, cpu_profile: HardwareProfile,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(profile_cache, "measure", _counting_measure(cpu_profile, calls))
     load_profile()
-    assert calls == [1] and cached_profile() is not None
+    (cache_dir / "profile.json").write_text(json.dumps({"version": 0, "profiles": {}}))
+    load_profile()
+    assert calls == [1, 1]
+    assert capsys.readouterr().err == ""
 
 
 def test_cached_profile_does_not_import_torch(

@@ -345,3 +345,149 @@ def test_bad_budget_exits_2_with_one_line(case: str) -> None:
     assert needle in text, text
     assert "Traceback" not in text
     assert len(text.splitlines()) == 1, text
+
+
+def test_infinite_budget_says_finite() -> None:
+    for args, needle in [
+        (["--gpu-hours", "inf"], "--gpu-hours: must be finite"),
+        (["--gpu-hours", "nan"], "--gpu-hours: must be finite"),
+        (["--flops", "1e400"], "--flops: must be finite"),
+        (["--time", "inf"], "--time: must be finite"),
+        (["--time", "1e400"], "--time: must be finite"),
+        (["--cost", "1e999", "--price", "2"], "--cost: must be finite"),
+        (["--gpu-hours", "8", "--tokens", "inf"], "--tokens: must be finite"),
+    ]:
+        res = runner.invoke(app, ["plan", *args])
+        assert res.exit_code == 2, (args, res.output)
+        text = res.output.strip()
+        assert needle in text and "positive" not in text, (args, text)
+        assert len(text.splitlines()) == 1, text
+    for kwargs in ({"gpu_hours": math.inf}, {"flops": math.nan}, {"seconds": -math.inf}):
+        with pytest.raises(UserError, match="must be finite"):
+            Budget(**kwargs)
+    with pytest.raises(UserError, match="--gpu-hours: must be positive"):
+        Budget(gpu_hours=-1.0)
+
+
+def test_calibrate_budget_names_only_the_flags_calibrate_takes() -> None:
+    with pytest.raises(UserError) as plan_err:
+        Budget()
+    assert str(plan_err.value).startswith("plan: no budget given") and "--cost" in str(
+        plan_err.value)
+    with pytest.raises(UserError) as cal_err:
+        Budget(command="calibrate")
+    text = str(cal_err.value)
+    assert text.startswith("calibrate: no budget given")
+    assert "--gpu-hours" in text and "--flops" in text and "--time" in text
+    assert "--cost" not in text and "--price" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Time budgets shorter than the timing of steps
+
+
+def _no_timing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make timing steps on this machine fail loudly; the list records attempts."""
+    calls: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append("timed")
+        raise AssertionError("timed steps on this machine")
+
+    monkeypatch.setattr(planner.timing, "measure_throughput", refuse)
+    return calls
+
+
+def test_tiny_time_budget_is_rejected_before_timing(
+    cpu_machine: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _no_timing(monkeypatch)
+    t0 = time.perf_counter()
+    res = runner.invoke(app, ["plan", "--time", "0.05s"])
+    assert res.exit_code == 2, res.output
+    assert "budget too small for the smallest model" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert calls == [] and time.perf_counter() - t0 < 5
+
+
+def test_time_budget_shorter_than_timing_is_planned_from_estimates(
+    cpu_machine: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _no_timing(monkeypatch)
+    assert planner.TIMING_SECONDS > 1
+    res = runner.invoke(app, ["plan", "--time", "1s", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert calls == [] and d["timed"] == []
+    assert any("(not timed: the budget is shorter than timing" in n for n in d["notes"])
+    with pytest.raises(AssertionError, match="timed steps"):  # asked for: timed all the same
+        plan(Budget(seconds=1), timing=True)
+    assert calls == ["timed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# More budget never plans a worse model
+
+
+def _top_losses(make: object, values: list[float]) -> list[tuple[float, float, object]]:
+    """(budget, top candidate's predicted loss, plan or None) of each budget; a budget too small
+    for any model counts as an infinite loss (it may only come before every feasible one)."""
+    out = []
+    for v in values:
+        try:
+            p = plan(make(v))  # type: ignore[operator]
+        except UserError as exc:
+            assert "budget too small" in str(exc), (v, str(exc))
+            out.append((v, math.inf, None))
+            continue
+        out.append((v, p.top.loss, p))
+    return out
+
+
+def _assert_non_increasing(rows: list[tuple[float, float, object]]) -> None:
+    assert any(math.isfinite(loss) for _, loss, _ in rows)
+    for (a, la, _), (b, lb, _) in zip(rows, rows[1:], strict=False):
+        assert lb <= la + 1e-9, f"budget {b:g} plans a worse model ({lb:.4f}) than {a:g} ({la:.4f})"
+
+
+# log-spaced from 1e-3 to 1e12 GPU-hours, with the values that once planned a ~1M model
+GPU_HOURS = sorted({10.0 ** k for k in range(-3, 9)} | {3e5, 1e9, 1e12})
+
+
+@pytest.fixture(scope="module")
+def gpu_hours_sweep() -> list[tuple[float, float, object]]:
+    return _top_losses(lambda h: Budget(gpu_hours=h, gpu="h100-sxm"), GPU_HOURS)
+
+
+def test_more_gpu_hours_never_plan_a_worse_model(gpu_hours_sweep: list) -> None:
+    _assert_non_increasing(gpu_hours_sweep)
+    assert math.isfinite(gpu_hours_sweep[-1][1])
+
+
+def test_more_flops_never_plan_a_worse_model() -> None:
+    _assert_non_increasing(_top_losses(lambda c: Budget(flops=c),
+                                       [10.0 ** k for k in range(10, 31, 2)]))
+    _assert_non_increasing(_top_losses(lambda c: Budget(flops=c, gpu="h100-sxm"),
+                                       [1e18, 1e21, 1e23, 1e24, 1e26, 1e30]))
+
+
+def test_huge_budget_falls_back_to_largest_fitting_shape_with_note(gpu_hours_sweep: list) -> None:
+    plans = {h: p for h, _, p in gpu_hours_sweep}
+    limit = 0.9 * hardware.GPU_SPECS["h100-sxm"].memory_bytes
+    largest_1e5 = plans[1e5].top.params  # type: ignore[union-attr]
+    for hours in (1e6, 1e7, 1e12):
+        p = plans[hours]
+        top = p.top  # type: ignore[union-attr]
+        assert top.params >= largest_1e5 > 1e9, (hours, top.name)
+        assert top.memory_bytes <= limit
+        note = [n for n in p.notes if n.startswith("memory:")]  # type: ignore[union-attr]
+        assert note and "does not fit in one GPU" in note[0] and "sharding" in note[0]
+        # nothing larger than the top candidate fits: it is the largest that does
+        bigger = [c for c in p.candidates if c.shape.approx_params > top.shape.approx_params]
+        assert bigger == []
+    assert not any(n.startswith("memory:") for n in plans[1.0].notes)  # type: ignore[union-attr]
+    res = runner.invoke(app, ["plan", "--gpu-hours", "1e6", "--gpu", "h100-sxm", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["top"]["params"] >= largest_1e5
+    assert any("does not fit in one GPU" in n for n in d["notes"])

@@ -201,3 +201,46 @@ def test_auto_micro_batch_is_measured_and_recorded(tmp_path: Path) -> None:
     assert res.micro_batch in {1, 2, 4, 8, 16, 32, 64}
     saved = load_config(str(tmp_path / "r" / "config.yaml"))
     assert saved.train.micro_batch == res.micro_batch
+
+
+def test_time_cap_holds_inside_a_long_accumulation(tmp_path: Path) -> None:
+    cfg = tiny("train.grad_accum=1000000", "train.max_steps=null", "train.max_time=2")
+    res = train(cfg, run_dir=tmp_path / "r")
+    assert res.steps == 0 and res.tokens == 0
+    assert res.train_seconds < 2 + 0.5, res.train_seconds
+    assert res.stop_reason.startswith("max_time: not one optimizer step finished")
+    assert "train.grad_accum=1000000" in res.stop_reason
+    assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
+
+
+def test_time_cap_abandons_an_unfinished_step(tmp_path: Path) -> None:
+    # a constant lr: the weights after k steps do not depend on how the run was capped
+    common = ("train.grad_accum=32", "schedule.name=constant", "schedule.warmup_steps=0",
+              "train.eval_interval=1000")
+    timed = train(tiny(*common, "train.max_steps=null", "train.max_time=2"),
+                  run_dir=tmp_path / "timed")
+    assert timed.stop_reason == "max_time" and timed.steps >= 1
+    step = timed.measured["step_seconds_median"]
+    assert timed.train_seconds < 2 + step / 4, (timed.train_seconds, step)  # ~ one micro-step
+    train(tiny(*common, f"train.max_steps={timed.steps}"), run_dir=tmp_path / "steps")
+    name = f"step_{timed.steps:08d}.pt"
+    a = torch.load(tmp_path / "timed" / "checkpoints" / name, weights_only=False)["model"]
+    b = torch.load(tmp_path / "steps" / "checkpoints" / name, weights_only=False)["model"]
+    for k in a:  # the abandoned step's gradients were dropped, never applied
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_model_this_machine_cannot_hold_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    """A billion layers: one line naming what it needs and what there is, at once, and the run
+    directory it would have made is not left behind."""
+    cfg = tiny("model.n_layer=1000000000", "train.max_steps=2")
+    with pytest.raises(UserError, match=r"needs about .* at its peak .* this cpu has"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_run_leaves_no_empty_run_dir(tmp_path: Path) -> None:
+    cfg = tiny("train.max_steps=2", source=str(tmp_path / "missing.txt"))
+    with pytest.raises(UserError):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

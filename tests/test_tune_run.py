@@ -170,7 +170,11 @@ def test_faults_are_recorded_with_their_reason_and_the_study_finishes(
         enqueue=[{**plain, **FAULTS[i][0]} for i in range(len(FAULTS))],
     )
     res = runner.invoke(app, ["tune", str(path), "--workers", "2"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output  # no trial finished: said as the last line
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: no trial finished: 1 hung, 2 failed, 1 crashed, 1 diverged, 1 infeasible, "
+        "1 invalid"
+    ), res.stderr
     trials = by_number(load("faults"))
     assert len(trials) == len(FAULTS)
     for i, (_, state, outcome, needle) in FAULTS.items():
@@ -294,3 +298,23 @@ def test_two_processes_with_two_workers_share_one_sqlite_storage(
     dirs = {t.user_attrs["run_dir"] for t in study.trials}
     assert len(dirs) == 5
     assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # both processes worked
+
+
+def test_all_trials_diverged_says_so_at_the_end_of_tune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUDGETLM_TUNE_FAULT", "nan@2")  # every trial's loss turns NaN
+    path = study_file(tmp_path, "diverge", budget={"trials": 3})
+    res = runner.invoke(app, ["tune", str(path), "--workers", "2"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip().splitlines()[-1] == "error: no trial finished: 3 diverged"
+    assert "best:" not in res.stdout
+    trials = load("diverge").trials
+    assert [(t.state.name, t.user_attrs["outcome"]) for t in trials] == [
+        ("PRUNED", "diverged")] * 3
+    out = tmp_path / "runs" / "diverge"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] is None and summary["unfinished"] == "no trial finished: 3 diverged"
+    assert len(pd.read_csv(out / "trials.csv")) == 3 and (out / "report.html").exists()
+    assert not (out / "best.yaml").exists()

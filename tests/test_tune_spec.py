@@ -197,9 +197,9 @@ def test_infeasible_memory_and_step_time(tmp_path: Path) -> None:
                                       "model.n_head": 64}, number=1)
     why = infeasible(huge, study.spec.trial_cap, _Profile())
     assert why is not None and why.startswith("too big for memory")
-    # Fits when it runs alone, not when 200 trials share the memory.
-    why = infeasible(small, study.spec.trial_cap, _Profile(), share=200)
-    assert why is not None and "per trial (200 at once)" in why
+    # Fits when it runs alone, not when 2000 trials share the memory.
+    why = infeasible(small, study.spec.trial_cap, _Profile(), share=2000)
+    assert why is not None and "per trial (2000 at once)" in why
     slow = build_trial_config(study, {"model.n_layer": 24, "model.d_model": 1024,
                                       "model.n_head": 16, "train.micro_batch": 64,
                                       "model.seq_len": 1024}, number=3)
@@ -332,3 +332,130 @@ def test_stale_trials_are_recognised_by_pid_host_and_heartbeat() -> None:
     started = dt.datetime.fromtimestamp(now - st.NO_ATTRS_SECONDS - 5)
     assert "no worker recorded" in st.stale_reason({}, started, now)
     assert st.stale_reason({}, dt.datetime.fromtimestamp(now - 1), now) is None
+
+
+def _study_with_trials(tmp_path: Path, ends: list[tuple[str, str, str, float | None]]):
+    """A study (storage under tmp_path, the working directory) whose trials ended as `ends`:
+    (state, outcome, reason, value) each; no trial runs."""
+    from optuna.trial import TrialState
+
+    from budgetlm.tune.study import open_study
+
+    study = load_study(write(tmp_path, {}))
+    obj, _ = open_study(study)
+    for number, (state, outcome, reason, value) in enumerate(ends):
+        cfg = build_trial_config(study, {"optim.lr": 0.002}, number=number)
+        trial = obj.ask()
+        trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+        for k, v in {"config": cfg.model_dump(mode="json"), "tokens": 2048, "steps": 2,
+                     "train_seconds": 1.0, "wall_seconds": 3.0, "outcome": outcome,
+                     "reason": reason}.items():
+            trial.set_user_attr(k, v)
+        if state == "COMPLETE":
+            obj.tell(trial, value)
+        else:
+            obj.tell(trial, state=TrialState[state])
+    return study
+
+
+def _one_line(res, code: int = 2) -> str:
+    assert res.exit_code == code, res.output
+    text = res.output.strip()
+    assert len(text.splitlines()) == 1 and "Traceback" not in text, text
+    return text
+
+
+def test_export_of_failed_trial_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = _study_with_trials(tmp_path, [
+        ("COMPLETE", "completed", "max_time", 2.5),
+        ("FAIL", "failed", "RuntimeError: injected fault", None),
+        ("PRUNED", "diverged", "diverged: non-finite loss at step 3", None),
+        ("PRUNED", "pruned", "pruned by median at 1200 ms", None),
+    ])
+    path = str(study.path)
+    for number, why in ((1, "(failed: RuntimeError: injected fault)"),
+                        (2, "(diverged: non-finite loss at step 3)"),
+                        (3, "(pruned by median at 1200 ms)")):
+        out = tmp_path / f"t{number}.yaml"
+        res = runner.invoke(app, ["export", path, "--trial", str(number), "-o", str(out)])
+        text = _one_line(res)
+        assert f"--trial {number}: trial {number} did not finish {why}" in text, text
+        assert not out.exists()
+    res = runner.invoke(app, ["export", path, "--trial", "0", "-o", str(tmp_path / "t0.yaml")])
+    assert res.exit_code == 0, res.output
+    assert load_config(str(tmp_path / "t0.yaml")).meta["tune"]["trial"] == 0
+
+
+def test_all_trials_diverged_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = _study_with_trials(tmp_path, [
+        ("PRUNED", "diverged", f"diverged: non-finite loss at step {i}", None) for i in (3, 4, 5)
+    ])
+    path = str(study.path)
+    res = runner.invoke(app, ["report", path])
+    assert res.exit_code == 0, res.output
+    assert "no trial finished: 3 diverged" in res.output
+    assert "best:" not in res.output
+    res = runner.invoke(app, ["report", path, "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["best"] is None and summary["unfinished"] == "no trial finished: 3 diverged"
+    assert not (tmp_path / "runs" / "unit" / "best.yaml").exists()
+    assert (tmp_path / "runs" / "unit" / "trials.csv").exists()
+    text = _one_line(runner.invoke(app, ["export", path, "-o", str(tmp_path / "best.yaml")]))
+    assert text == "error: study unit: no trial finished: 3 diverged"
+
+
+def test_export_to_directory_is_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = _study_with_trials(tmp_path, [("COMPLETE", "completed", "max_time", 2.5)])
+    (tmp_path / "afile").write_text("")
+    for output, needle in ((tmp_path, "is a directory"),
+                           (tmp_path / "afile" / "x.yaml", "is not a directory")):
+        text = _one_line(runner.invoke(app, ["export", str(study.path), "-o", str(output)]))
+        assert text.startswith(f"error: --output {output}: ") and needle in text, text
+    assert (tmp_path / "afile").read_text() == ""
+
+
+def _drop_file_capabilities() -> list[str]:
+    """A command prefix that runs without the capabilities that let root ignore permissions."""
+    import shutil
+    import subprocess
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv is not installed: cannot drop root's file capabilities")
+    prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps=-all"]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    return prefix
+
+
+def test_uncreatable_sqlite_storage_is_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, {})
+    (tmp_path / "afile").write_text("")
+    for url, needle in ((f"sqlite:///{tmp_path}/afile/study.db", "afile is not a folder"),
+                        (f"journal:{tmp_path}/afile/study.log", "afile is not a folder"),
+                        (f"sqlite:///{tmp_path}", "is a directory")):
+        text = _one_line(runner.invoke(app, ["tune", str(path), "--storage", url, "-q"]))
+        assert text.startswith(f"error: storage {url}: ") and needle in text, text
+
+    prefix = _drop_file_capabilities()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    for url, needle in ((f"sqlite:///{locked}/sub/study.db", "permission denied"),
+                        (f"sqlite:///{locked}/study.db", "unable to open database file")):
+        out = subprocess.run(
+            [*prefix, sys.executable, "-m", "budgetlm", "tune", str(path), "--storage", url,
+             "-q"], capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 2, out.stderr
+        text = out.stderr.strip()
+        assert len(text.splitlines()) == 1 and url in text and needle in text, text
+    assert list(locked.iterdir()) == []

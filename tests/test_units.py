@@ -48,3 +48,27 @@ def test_formatters_keep_their_units() -> None:
     assert units.format_seconds(90) == "90 s" and units.format_seconds(7200) == "2 h"
     assert units.human_bytes(1.5 * 2**30) == "1.50 GiB"
     assert units.format_sci(1.2e19) == "1.2e19" and units.format_sci(None) == "-"
+
+
+def test_parsed_numbers_must_be_finite() -> None:
+    assert units.parse_number("8B", "--flops") == 8e9
+    for text in ("inf", "-inf", "nan", "1e400", "Infinity"):
+        with pytest.raises(units.UserError, match="--flops: must be finite"):
+            units.parse_number(text, "--flops")
+    with pytest.raises(units.UserError, match="--flops: expected a number"):
+        units.parse_number("lots", "--flops")
+    with pytest.raises(units.UserError, match=r"must be finite, got '9{37}\.\.\.'"):
+        units.parse_number("9" * 400, "--flops")  # long input shown cut short: one line
+
+
+def test_durations_take_plain_seconds_in_any_float_syntax_and_must_be_finite() -> None:
+    assert units.parse_duration("1e3") == 1000.0
+    assert units.parse_duration("1h30m") == 5400.0
+    for text in ("inf", "1e400", "nan", "9" * 400 + "h"):
+        with pytest.raises(units.UserError, match="--time: must be finite"):
+            units.parse_duration(text)
+    with pytest.raises(units.UserError, match="--time: must be finite"):
+        units.parse_duration(float("inf"))
+    for text in ("0", "-5", "-5m"):
+        with pytest.raises(units.UserError, match="--time: must be positive"):
+            units.parse_duration(text)

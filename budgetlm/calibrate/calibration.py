@@ -18,8 +18,8 @@ from budgetlm.calibrate.run import PilotRunner, read_records
 from budgetlm.config import DataConfig
 from budgetlm.data import load_corpus
 from budgetlm.errors import UserError
-from budgetlm.plan import Budget, Plan, plan
-from budgetlm.units import write_json
+from budgetlm.plan import TIMING_SECONDS, Budget, Plan, plan
+from budgetlm.units import require_finite, write_json
 
 PILOT_FRACTION = 0.2
 MAX_PILOT_FRACTION = 0.5
@@ -40,8 +40,19 @@ class Calibration:
     plan: Plan | None
     reused: int
     ran: int
-    pilot_seconds: float
+    pilot_seconds: float  # design, pilots and fit: earlier invocations' included
     notes: list[str]
+    seconds_now: float = 0.0  # wall seconds of this invocation
+    seconds_reused: float = 0.0  # wall seconds of earlier invocations' design and pilots reused
+
+    def spent_line(self) -> str:
+        """What the pilots cost, this invocation's seconds apart from those reused."""
+        total = self.fit.get("budget", {}).get("seconds")
+        share = f" ({self.pilot_seconds / float(total):.0%} of the budget)" if total else ""
+        reused = (f", {self.seconds_reused:.0f} s of it by earlier invocations (reused)"
+                  if self.seconds_reused > 0 else "")
+        return (f"pilots: {self.ran} run, {self.reused} reused; {self.seconds_now:.0f} s now"
+                f"{reused}; {self.pilot_seconds:.0f} s in all{share}")
 
 
 def state_dir(out: Path) -> Path:
@@ -56,6 +67,10 @@ def plan_path(out: Path) -> Path:
 
 def check_options(options: DesignOptions, out: Path) -> None:
     """UserError for a design no IsoFLOP fit can come from, or an unusable output path."""
+    for flag, value in (("--pilot-fraction", options.fraction),
+                        ("--level-ratio", options.level_ratio),
+                        ("--size-spread", options.size_spread)):
+        require_finite(value, flag)
     if not 0 < options.fraction <= MAX_PILOT_FRACTION:
         raise UserError(
             f"--pilot-fraction: expected a share of the budget in (0, {MAX_PILOT_FRACTION}], "
@@ -73,6 +88,9 @@ def check_options(options: DesignOptions, out: Path) -> None:
         raise UserError(f"-o {out}: expected a .json file name")
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out}: is a directory")
+    state = state_dir(out)
+    if state.exists() and not state.is_dir():
+        raise UserError(f"-o {out}: {state} (where the pilots are kept) is not a directory")
 
 
 def saved_design(path: Path, fp: dict[str, Any]) -> Design | None:
@@ -109,20 +127,25 @@ def plan_rest(budget: Any, data: DataConfig, fit: dict[str, Any], pilot_seconds:
     None and a note saying why there is none."""
     if budget.kind == "flops":
         used = sum(float(p.get("flops") or 0.0) for p in fit["pilots"])
-        rest = Budget(flops=max(float(budget.flops) - used, 1.0))
+        left = {"flops": max(float(budget.flops) - used, 1.0)}
     elif budget.kind == "time":
         # the plan times real steps of its best candidates (spend_planning: that time, too,
         # comes out of the run's)
-        rest = Budget(seconds=float(budget.seconds) - pilot_seconds - EXIT_RESERVE_S)
+        left = {"seconds": float(budget.seconds) - pilot_seconds - EXIT_RESERVE_S}
     else:
         hours = float(budget.device_hours) - pilot_seconds / 3600.0 * max(1, budget.gpus)
-        rest = Budget(gpu_hours=hours, gpus=budget.gpus, gpu=budget.gpu)
-    for v in (rest.seconds, rest.flops, rest.gpu_hours):
-        if v is not None and v <= 0:
-            return None, "no budget left after the pilots: nothing planned"
+        left = {"gpu_hours": hours}
+    if next(iter(left.values())) <= 0:
+        return None, "no budget left after the pilots: nothing planned"
     try:
+        if budget.kind in ("flops", "time"):
+            rest = Budget(**left)
+        else:
+            rest = Budget(**left, gpus=budget.gpus, gpu=budget.gpu)
+        # timing steps is worth it only when the run is longer than the timing
+        timed = rest.kind == "time" and float(rest.seconds or 0.0) >= TIMING_SECONDS
         p = plan(rest, data=data, fit=fit, profile=profile if rest.kind == "time" else None,
-                 timing=rest.kind == "time", spend_planning=rest.kind == "time")
+                 timing=timed, spend_planning=rest.kind == "time")
     except UserError as exc:
         return None, f"planning the rest failed: {exc}"
     return p, None
@@ -170,7 +193,10 @@ def _design_or_reuse(budget: Any, data: DataConfig, corpus: Any, profile: Any,
         return d, False
     T = seq_len or default_seq_len(budget, data, profile, precision)
     d = design(budget, data, corpus, profile, options, T, precision, seed, fp, say)
-    write_json(dpath, d.to_dict(), indent=1)
+    try:  # the state directory is made here, once the design is accepted
+        write_json(dpath, d.to_dict(), indent=1)
+    except OSError as exc:
+        raise UserError(f"calibrate: cannot write {dpath} ({exc.strerror or exc})") from None
     return d, True
 
 
@@ -201,16 +227,16 @@ def calibrate(
         "bf16" if profile.peak("bf16") else "fp32"
     )
     state = state_dir(out)
-    state.mkdir(parents=True, exist_ok=True)
     records = read_records(state / "pilots.jsonl")
     d, designed_now = _design_or_reuse(budget, data, corpus, profile, options, seq_len,
                                        precision, seed, state, say)
     reused = sum(1 for p in d.pilots if records.get(p.key, {}).get("state") == "complete")
-    if reused:
-        say(f"reusing {reused} finished pilot(s) from {state / 'pilots.jsonl'}")
     spent = d.design_seconds + sum(float(r.get("wall_seconds") or 0.0) for r in records.values())
     # wall time of earlier invocations (their design and pilots): this one is timed whole
     earlier = spent - (d.design_seconds if designed_now else 0.0)
+    if reused:
+        say(f"reusing {reused} finished pilot(s) from {state / 'pilots.jsonl'} ({earlier:.0f} s "
+            "spent by earlier invocations)")
     designer = PilotDesigner(data, profile, corpus, d.seq_len, d.precision, seed)
     runner = PilotRunner(d, designer, state, records, spent, say, launcher_kind)
     runner.run()
@@ -226,8 +252,15 @@ def calibrate(
     if write_plan:
         used = max(pilot_seconds, earlier + time.perf_counter() - t_start)
         the_plan, ppath = _write_plan(fit, budget, data, used, profile, out)
+    if earlier > 0:
+        fit["notes"].append(
+            f"{earlier:.0f} s of the pilots' {pilot_seconds:.0f} s were spent by earlier "
+            f"invocations ({reused} finished pilot(s) reused); this one ran {runner.ran}"
+        )
+    fit["reused_seconds"] = round(earlier, 3)
     fit["calibrate_seconds"] = round(time.perf_counter() - t_start, 3)
     fit = FitFile.model_validate(fit).model_dump()
     write_json(out, fit, indent=1)
     return Calibration(fit=fit, fit_path=out, plan_path=ppath, plan=the_plan, reused=reused,
-                       ran=runner.ran, pilot_seconds=pilot_seconds, notes=fit["notes"])
+                       ran=runner.ran, pilot_seconds=pilot_seconds, notes=fit["notes"],
+                       seconds_now=time.perf_counter() - t_start, seconds_reused=earlier)

@@ -119,3 +119,7 @@ class FitFile(Record):
     plan_seconds: float | None = Field(None, description="seconds planning the rest took")
     plan: PlanSummary | None = Field(None, description="the plan of the rest of the budget")
     calibrate_seconds: float = Field(description="seconds of this invocation")
+    reused_seconds: float = Field(
+        0.0, description="seconds of earlier invocations' design and pilots that this one "
+        "reused (part of pilot_seconds)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from budgetlm.config import DataConfig
@@ -23,11 +24,11 @@ def parse_budget(
     price: str | None = None,
     gpu: str | None = None,
     gpus: str = "1",
+    command: str = "plan",
 ) -> Budget:
-    """A planner Budget from the flags as typed (--gpu-hours 8, --flops 1e19, --time 1h30m…)."""
-    n_gpus = _optional_number(gpus, "--gpus")
-    if n_gpus is None or n_gpus != int(n_gpus):
-        raise UserError(f"--gpus: expected a whole number, got {gpus!r}")
+    """A planner Budget from the flags as typed (--gpu-hours 8, --flops 1e19, --time 1h30m…)
+    for `command` (which names the budget flags it takes when none is given)."""
+    n_gpus = parse_count(gpus, "--gpus") or 1
     return Budget(
         gpu_hours=_optional_number(gpu_hours, "--gpu-hours"),
         flops=_optional_number(flops, "--flops"),
@@ -35,18 +36,28 @@ def parse_budget(
         cost=_optional_number(cost, "--cost"),
         price=_optional_number(price, "--price"),
         gpu=gpu,
-        gpus=int(n_gpus),
+        gpus=n_gpus,
+        command=command,
     )
+
+
+def parse_count(text: str | None, flag: str) -> int | None:
+    """A positive whole count as typed ('2e6', '400M', '20k', '1000'), or None when not given."""
+    if text is None:
+        return None
+    n = parse_number(text, flag)
+    if not math.isfinite(n):
+        raise UserError(f"{flag}: must be a finite number, got {text}")
+    if n <= 0:
+        raise UserError(f"{flag}: must be positive, got {text}")
+    if n != int(n):
+        raise UserError(f"{flag}: expected a whole number, got {text}")
+    return int(n)
 
 
 def parse_token_count(text: str | None) -> int | None:
     """--tokens as a positive whole count ('2e8', '400M'), or None when not given."""
-    if text is None:
-        return None
-    n_tokens = parse_number(text, "--tokens")
-    if n_tokens <= 0:
-        raise UserError(f"--tokens: must be positive, got {text}")
-    return int(n_tokens)
+    return parse_count(text, "--tokens")
 
 
 def data_config(source: str | None, tokenizer: str | None) -> DataConfig | None:

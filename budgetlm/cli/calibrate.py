@@ -57,11 +57,12 @@ def calibrate(
     json_out: JsonOpt = False,
 ) -> None:
     """Fit this corpus's scaling law from pilot runs on IsoFLOP profiles; plan the rest from it."""
+    budget = parse_budget(gpu_hours=gpu_hours, flops=flops, time_budget=time_budget,
+                          command="calibrate")
+    data_cfg = data_config(data, tokenizer)
     from budgetlm.calibrate import CalibrationInterrupted
     from budgetlm.calibrate import calibrate as run_calibrate
 
-    budget = parse_budget(gpu_hours=gpu_hours, flops=flops, time_budget=time_budget)
-    data_cfg = data_config(data, tokenizer)
     out = err_console if json_out else console
 
     def log(msg: str) -> None:
@@ -80,7 +81,8 @@ def calibrate(
     if json_out:
         print_json({**res.fit, "fit_path": str(res.fit_path),
                     "plan_path": str(res.plan_path) if res.plan_path else None,
-                    "reused": res.reused, "ran": res.ran})
+                    "reused": res.reused, "ran": res.ran, "seconds_now": res.seconds_now,
+                    "seconds_reused": res.seconds_reused})
         return
     print_calibration(res)
 
@@ -92,14 +94,10 @@ def print_calibration(res: Any) -> None:
     render_fit(console, res.fit)
     if res.plan is not None:
         print_plan(res.plan, PLAN_ROWS)
-    total = res.fit.get("budget", {})
-    share = ""
-    if total.get("seconds"):
-        share = f" ({res.pilot_seconds / float(total['seconds']):.0%} of the budget)"
     console.print(
-        f"pilots: {res.ran} run, {res.reused} reused; {res.pilot_seconds:.0f} s{share}. "
-        f"wrote {res.fit_path}" + (f" and {res.plan_path}; run it: budgetlm train "
-                                   f"{res.plan_path}" if res.plan_path else ""),
+        f"{res.spent_line()}. wrote {res.fit_path}"
+        + (f" and {res.plan_path}; run it: budgetlm train {res.plan_path}"
+           if res.plan_path else ""),
         highlight=False, soft_wrap=True,
     )
     for note in res.notes:

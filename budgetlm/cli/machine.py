@@ -107,8 +107,10 @@ def print_estimate(d: dict[str, Any], name: str) -> None:
         f" · checkpointing {'on' if d['checkpointing'] else 'off'}",
     )
     for k, v in d["memory"].items():
-        label = "memory total" if k == "total" else f"  {k}"
-        t.add_row(label, human_bytes(v))
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            continue  # per-phase detail: in --json
+        label = "memory total" if k == "total" else f"  {k.replace('_', ' ')}"
+        t.add_row(label, v if isinstance(v, str) else human_bytes(v))
     st = d.get("step_time")
     if st:
         t.add_row(

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from budgetlm.cli.budget import parse_count
 from budgetlm.cli.root import JsonOpt, SetOpt, app, console, guarded, print_json
 from budgetlm.errors import EXIT_INTERRUPTED
+from budgetlm.units import parse_duration, require_finite
 
 RESULT_ROWS = (
     "status", "val_loss", "val_bpb", "best_val_loss", "steps", "tokens", "wall_seconds",
@@ -23,13 +25,22 @@ RESULT_ROWS = (
 @app.command()
 @guarded
 def train(
-    config: Annotated[str, typer.Argument(help="preset name or RunConfig YAML file")] = "tiny",
+    config: Annotated[
+        str | None,
+        typer.Argument(help="preset or RunConfig YAML (default: tiny; not with --resume)"),
+    ] = None,
     data: Annotated[str | None, typer.Option("--data", help="corpus source")] = None,
     val_data: Annotated[str | None, typer.Option("--val-data", help="validation source")] = None,
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="byte|char|bpe")] = None,
-    max_time: Annotated[float | None, typer.Option("--max-time", help="wall seconds cap")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="steps cap")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="tokens cap")] = None,
+    max_time: Annotated[
+        str | None, typer.Option("--max-time", help="wall time cap: 10m, 90s, 1h30m or seconds")
+    ] = None,
+    max_steps: Annotated[
+        str | None, typer.Option("--max-steps", help="steps cap: 2000, 2e3, 20k")
+    ] = None,
+    max_tokens: Annotated[
+        str | None, typer.Option("--max-tokens", help="tokens cap: 2e6, 400M, 1.5B")
+    ] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="output directory")] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue this run directory")
@@ -48,9 +59,9 @@ def train(
         data=data,
         val_data=val_data,
         tokenizer=tokenizer,
-        max_time=max_time,
-        max_steps=max_steps,
-        max_tokens=max_tokens,
+        max_time=parse_duration(max_time, "--max-time") if max_time is not None else None,
+        max_steps=parse_count(max_steps, "--max-steps"),
+        max_tokens=parse_count(max_tokens, "--max-tokens"),
         resume=resume,
     )
     result = run_train(cfg, run_dir=run_dir, resume=resume, progress=not (quiet or json_out))
@@ -92,6 +103,7 @@ def sample(
     """Generate text from a trained GPT run."""
     from budgetlm.train import sample_text
 
+    require_finite(temperature, "--temperature")
     text = sample_text(
         run_dir, prompt=prompt, max_new_tokens=tokens, temperature=temperature, top_k=top_k,
         seed=seed,

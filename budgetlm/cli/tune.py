@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from budgetlm.cli.root import JsonOpt, app, console, err_console, guarded, print_json
+from budgetlm.errors import UserError
 
 StudyArg = Annotated[Path, typer.Argument(help="study file (YAML); see `budgetlm schema study`")]
 StorageOpt = Annotated[
@@ -46,10 +48,13 @@ def tune(
                         quiet=quiet or json_out)
     if json_out:
         print_json(summary)
-        return
-    render_summary(console, summary, study)
-    for err in summary.get("errors") or []:
-        err_console.print(f"[red]tuner error:[/] {err.strip().splitlines()[-1]}", highlight=False)
+    else:
+        render_summary(console, summary, study, unfinished=False)
+        for err in summary.get("errors") or []:
+            err_console.print(f"[red]tuner error:[/] {escape(err.strip().splitlines()[-1])}",
+                              highlight=False)
+    if summary.get("best") is None:
+        raise UserError(summary.get("unfinished") or "no trial finished")
 
 
 @app.command()

@@ -4,7 +4,9 @@ Every field carries its own help text (it becomes the JSON Schema description). 
 name the field at fault. Presets are plain dicts merged over the defaults; `key=value` overrides
 address fields by dotted path (`model.n_layer=6`, `train.precision=bf16`).
 
-`schema` holds the models, `presets` the named starting points, `io` loading, overrides and dumps.
+`schema` holds the models, `strict` their rules for numbers and switches, `presets` the named
+starting points, `io` loading (a duplicate-key-safe, depth-bounded YAML reader), overrides and
+dumps.
 """
 
 from budgetlm.config.io import (

@@ -6,11 +6,14 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node
 
 from budgetlm.config.presets import preset
 from budgetlm.config.schema import RunConfig, validate
@@ -28,6 +31,124 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_DEPTH = 100  # nesting levels in a YAML document
+MAX_VALUES = 100_000  # values in a loaded document, aliases expanded
+MAX_BYTES = 16 * 2**20  # size of a YAML file
+
+# YAML 1.2 reads 1e-3 and 2e6 as numbers; PyYAML's YAML 1.1 rules take them for strings.
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class YamlLimitError(yaml.MarkedYAMLError):
+    """A document this loader refuses: duplicate keys, nesting or size beyond the limits, or
+    values that are not plain data (dates, bytes, sets)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML with 1e-3 as a float, duplicate keys refused and nesting bounded."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YamlLimitError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            text = str(node.value) if isinstance(node.value, str) else node.tag
+            short = text if len(text) <= 30 else text[:27] + "..."
+            reason = str(exc).split(":")[0].split(";")[0]
+            raise ConstructorError(
+                None, None, f"cannot read {short!r}: {reason}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                raise ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                ) from None
+            if first is not None:
+                line = key_node.start_mark.line + 1
+                raise YamlLimitError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {first + 1})"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {  # dates stay strings, as in YAML 1.2
+    first: [(tag, rx) for tag, rx in rules if tag != "tag:yaml.org,2002:timestamp"]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789.")
+)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_values(data: Any) -> None:
+    """Refuse documents that expand (through aliases, or a cycle) to more than MAX_VALUES, or
+    that hold anything but mappings, lists, strings, numbers, booleans and nulls."""
+    stack, count = [data], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise YamlLimitError(
+                None, None, f"more than {MAX_VALUES} values (aliases expanded)", None
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif not isinstance(node, _PLAIN):
+            raise YamlLimitError(None, None, f"unsupported value type {type(node).__name__}")
+
+
+def load_yaml_text(text: str) -> Any:
+    """One YAML document as Python data: safe types only, `1e-3` a float, duplicate keys and
+    nesting beyond MAX_DEPTH refused (YamlLimitError), aliases expanding past MAX_VALUES too."""
+    loader = _ConfigLoader(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    _check_values(data)
+    return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying what is wrong with a YAML text, and where."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        problem = (str(exc).splitlines() or ["invalid YAML"])[0]
+    return f"{' '.join(str(problem).split())}{where}"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (["a", "b"], parsed value). Values are parsed as YAML scalars."""
     if "=" not in item:
@@ -37,7 +158,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise UserError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
+    except YamlLimitError as exc:
+        raise UserError(f"--set {key}: {_yaml_problem(exc)}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -50,6 +173,8 @@ def check_path(path: list[str]) -> None:
         if cls is None:
             return
         fields = cls.model_fields
+        if not isinstance(part, str):
+            raise UserError(f"{part!r}: unknown key (keys are names like model)")
         if part not in fields:
             dotted = ".".join(path[: i + 1])
             hint = difflib.get_close_matches(part, list(fields), n=1)
@@ -86,30 +211,53 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such file")
-    if p.is_dir():
-        raise UserError(f"{p}: is a directory, expected a YAML file")
+def _read_text(p: Path) -> str:
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{p}: invalid YAML{where}: {problem}") from None
+        with open(p, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{p}: is a directory, expected a YAML file") from None
+    except PermissionError:
+        raise UserError(f"{p}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise UserError(f"{p}: larger than {MAX_BYTES // 2**20} MiB; not a config file")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{p}: not a text file") from None
+        raise UserError(f"{p}: not a text file (not UTF-8)") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file `path`; a one-line UserError naming the file otherwise (missing,
+    unreadable, empty, invalid, duplicate keys, nested too deeply, not a mapping)."""
+    p = Path(path)
+    text = _read_text(p)
+    try:
+        raw = load_yaml_text(text)
+    except YamlLimitError as exc:
+        raise UserError(f"{p}: {_yaml_problem(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: invalid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply") from None
     if raw is None:
-        raw = {}
+        raise UserError(f"{p} is empty: expected a YAML mapping of settings")
     if not isinstance(raw, dict):
         raise UserError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.endswith((".yaml", ".yml", ".json")) or "/" in spec or Path(spec).exists()
+    if spec.endswith((".yaml", ".yml", ".json")) or "/" in spec:
+        return True
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):
+        return True
 
 
 def load_config(spec: str, overrides: list[str] | None = None) -> RunConfig:
@@ -123,16 +271,29 @@ def load_config(spec: str, overrides: list[str] | None = None) -> RunConfig:
         if base_name is not None:
             if not isinstance(base_name, str):
                 raise UserError(f"{spec}: preset: expected a preset name")
-            raw = _deep_merge(preset(base_name).model_dump(), raw)
+            try:
+                base = preset(base_name)
+            except UserError as exc:
+                raise UserError(f"{spec}: preset: {exc}") from None
+            raw = _deep_merge(base.model_dump(), raw)
         source = str(spec)
+        for top in raw:
+            if top not in RunConfig.model_fields:
+                try:
+                    check_path([top])
+                except UserError as exc:
+                    raise UserError(f"{spec}: {exc}") from None
     else:
         raw = preset(spec).model_dump()
         source = f"preset {spec}"
-    for top in raw:
-        if top not in RunConfig.model_fields:
-            check_path([top])
-    raw = apply_overrides(raw, overrides)
-    return validate(raw, source=source)
+    merged = apply_overrides(raw, overrides)
+    try:
+        return validate(merged, source=source)
+    except UserError:
+        if not overrides:
+            raise
+        validate(raw, source=source)
+        return validate(merged, source="--set")
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | None) -> RunConfig:

@@ -6,11 +6,12 @@ Derived values live here once: `tokens_per_step`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from budgetlm.errors import UserError, format_validation_error
+from budgetlm.config.strict import MAX_INT, CheckedModel, describe, describe_errors, whole_number
+from budgetlm.errors import UserError
 
 Family = Literal["gpt", "bert", "t5"]
 Positions = Literal["learned", "rope", "relative"]
@@ -28,7 +29,7 @@ OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-define
 PRECISIONS: tuple[str, ...] = Precision.__args__  # type: ignore[attr-defined]
 
 
-class StrictModel(BaseModel):
+class StrictModel(CheckedModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -151,7 +152,9 @@ class TrainConfig(StrictModel):
     """Precision, batching, caps, evaluation and checkpointing."""
 
     precision: Precision = Field("fp32", description="fp32, bf16 (autocast) or fp16 (+GradScaler)")
-    micro_batch: int | Literal["auto"] = Field(8, description="sequences per micro-batch, or auto")
+    micro_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        8, description="sequences per micro-batch (>= 1), or auto"
+    )
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     activation_checkpointing: bool = Field(False, description="recompute each block in backward")
     compile: bool = Field(False, description="torch.compile the model")
@@ -174,8 +177,25 @@ class TrainConfig(StrictModel):
     patience: int | None = Field(None, ge=1, description="early stop after N evals w/o gain")
     min_delta: float = Field(0.0, ge=0.0, description="improvement that resets patience")
     checkpoint_interval: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    checkpoint_seconds: float | None = Field(
+        300.0, gt=0.0,
+        description="also checkpoint every N seconds of training, so a killed run loses at most "
+        "that much (null: by steps only)",
+    )
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")
     init_from: str | None = Field(None, description="start weights from this checkpoint")
+
+    @field_validator("micro_batch", mode="before")
+    @classmethod
+    def _micro_batch(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, str):
+            raise ValueError(f"expected a whole number >= 1 or 'auto', got {describe(v)}")
+        n = whole_number(v)
+        if n < 1:
+            raise ValueError(f"must be >= 1 (or auto), got {n}")
+        return n
 
     @property
     def has_cap(self) -> bool:
@@ -188,7 +208,9 @@ class RunConfig(StrictModel):
     """Everything one training run needs. A file of this shape is what `budgetlm train` runs."""
 
     name: str = Field("run", description="run name")
-    seed: int = Field(0, description="random seed (same seed + machine -> same loss curve)")
+    seed: int = Field(
+        0, ge=0, le=MAX_INT, description="random seed (same seed + machine -> same loss curve)"
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -221,7 +243,7 @@ class RunConfig(StrictModel):
             try:
                 Prediction.model_validate(raw)
             except ValidationError as exc:
-                raise ValueError(f"meta.predicted: {format_validation_error(exc)}") from None
+                raise ValueError(f"meta.predicted: {describe_errors(exc)}") from None
         return self
 
 
@@ -233,7 +255,7 @@ def tokens_per_step(micro_batch: int, grad_accum: int, seq_len: int) -> int:
     return micro_batch * grad_accum * seq_len
 
 
-class Prediction(BaseModel):
+class Prediction(CheckedModel):
     """What a plan predicted for a run (`meta.predicted` of a planned config). `budgetlm train`
     reports it against the actual result; a run planned from a fitted law gets predicted vs
     actual loss in result.json. The plan's other facts (params, tokens, seconds, …) ride along.
@@ -264,4 +286,6 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{source}: {format_validation_error(exc)}") from None
+        raise UserError(f"{source}: {describe_errors(exc)}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply") from None

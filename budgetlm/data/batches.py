@@ -6,6 +6,7 @@ torch is imported inside the batch functions only, so counting tokens needs no t
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,17 @@ def _window_error(n: int, seq_len: int, what: str) -> UserError:
     return UserError(
         f"data.source: corpus has {n} {what} tokens, shorter than one sequence (seq_len={seq_len})"
     )
+
+
+def _positive(value: object, fld: str) -> int:
+    """`value` as an int >= 1; UserError naming `fld` otherwise (bools and floats included)."""
+    try:
+        whole = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        whole = None
+    if whole is None or whole < 1:
+        raise UserError(f"{fld}: must be a whole number >= 1, got {value!r}")
+    return whole
 
 
 def sample_batch(
@@ -40,6 +52,10 @@ def sample_batch(
     """
     import torch
 
+    batch = _positive(batch, "train.micro_batch")
+    seq_len = _positive(seq_len, "model.seq_len")
+    if isinstance(micro, bool) or operator.index(micro) < 0:
+        raise ValueError(f"micro must be a whole number >= 0, got {micro!r}")
     n = len(tokens)
     if n < seq_len + 1:
         raise _window_error(n, seq_len, "training")
@@ -59,6 +75,8 @@ def val_batches(
     until max_tokens target tokens (rounded down to whole windows; at least one window)."""
     import torch
 
+    batch = _positive(batch, "train.micro_batch")
+    seq_len = _positive(seq_len, "model.seq_len")
     n, T = len(tokens), seq_len
     n_windows = (n - 1) // T
     if n_windows < 1:

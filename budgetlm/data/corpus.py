@@ -255,6 +255,9 @@ def _write_entry(root: Path, key: str, built: dict[str, Any]) -> Path:
         except OSError:
             if not (entry / "meta.json").exists():
                 raise
+    except OSError as exc:  # disk full, permissions changed under us
+        why = exc.strerror or type(exc).__name__
+        raise UserError(f"data.cache_dir: cannot write the token cache in {root} ({why})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry

@@ -30,7 +30,8 @@ import re
 import sys
 import sysconfig
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,30 @@ class Source:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
+def read_error(fld: str, path: str | Path, exc: OSError) -> UserError:
+    """One line for a file or directory that cannot be read: "FLD: cannot read PATH: why"."""
+    where = exc.filename if exc.filename else path
+    if isinstance(exc, PermissionError):
+        why = "permission denied"
+    else:
+        why = (exc.strerror or type(exc).__name__).lower()
+    prefix = f"{fld}: " if fld else ""
+    return UserError(f"{prefix}cannot read {where}: {why}")
+
+
+@contextmanager
+def reading(fld: str, path: str | Path) -> Iterator[None]:
+    """Turn an OSError while reading `path` (or a file below it) into `read_error`."""
+    try:
+        yield
+    except OSError as exc:
+        raise read_error(fld, path, exc) from None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def parse_source(spec: str, fld: str) -> Source:
     """The `Source` a spec names (see the module docstring); UserError naming `fld` otherwise."""
     spec = spec.strip()
@@ -221,7 +246,14 @@ def parse_source(spec: str, fld: str) -> Source:
             )
         return Source(spec, fld, "markov", params=_parse_markov(spec, rest, fld))
     path = Path(spec).expanduser()
-    if not path.exists():
+    try:
+        path.stat()
+        found = True
+    except (FileNotFoundError, NotADirectoryError):
+        found = False
+    except OSError as exc:
+        raise read_error(fld, path, exc) from None
+    if not found:
         m = _SCHEME.match(spec)
         if m and len(m.group(1)) > 1:
             raise UserError(
@@ -245,7 +277,7 @@ def _walk(
 ) -> list[tuple[str, Path]]:
     """(relative posix path, path) of matching files below root, sorted; hidden entries skipped."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in skip_dirs]
         for name in filenames:
             if name.startswith(".") or not name.lower().endswith(suffixes):
@@ -262,10 +294,12 @@ def _source_files(src: Source) -> list[tuple[str, Path]]:
     """The documents of a dir or pystdlib source: (relative posix path, path), sorted."""
     assert src.path is not None
     if src.kind == "pystdlib":
-        return _walk(
-            src.path, (".py",), _STDLIB_SKIP_DIRS, lambda n: n.startswith("_sysconfigdata_")
-        )
-    files = _walk(src.path, _TEXT_SUFFIXES)
+        with reading(src.fld, src.path):
+            return _walk(
+                src.path, (".py",), _STDLIB_SKIP_DIRS, lambda n: n.startswith("_sysconfigdata_")
+            )
+    with reading(src.fld, src.path):
+        files = _walk(src.path, _TEXT_SUFFIXES)
     if not files:
         raise UserError(f"{src.fld}: {src.spec} is empty (no .txt or .md files)")
     return files
@@ -282,13 +316,15 @@ def source_identity(src: Source, cfg: DataConfig) -> dict[str, Any]:
     if src.kind in ("dir", "pystdlib"):
         listing = []
         for rel, p in _source_files(src):
-            st = p.stat()
+            with reading(src.fld, p):
+                st = p.stat()
             listing.append([rel, st.st_size, st.st_mtime_ns])
         ident["files"] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
         if src.kind == "pystdlib":
             ident["python"] = sys.version
     else:
-        st = src.path.stat()
+        with reading(src.fld, src.path):
+            st = src.path.stat()
         ident.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         if src.kind in ("jsonl", "parquet"):
             ident["text_field"] = cfg.text_field
@@ -351,7 +387,8 @@ def _read_text_file(src: Source, path: Path, docs: _Documents) -> None:
 def _read_directory(src: Source, docs: _Documents) -> None:
     """One document per file of a dir or pystdlib source, until the byte budget is spent."""
     for _, p in _source_files(src):
-        data = p.read_bytes()
+        with reading(src.fld, p):
+            data = p.read_bytes()
         if not _is_utf8_text(data):
             if src.kind == "pystdlib":
                 continue  # documented: non-UTF-8 stdlib files are skipped
@@ -387,6 +424,8 @@ def _read_parquet(src: Source, path: Path, text_field: str, docs: _Documents) ->
     import pandas as pd
     import pyarrow.parquet as pq
 
+    with open(path, "rb"):  # unreadable: an OSError for `reading`, not "not parquet"
+        pass
     try:
         columns = pq.read_schema(path).names
     except Exception:  # any pyarrow failure means "not a parquet file"
@@ -411,14 +450,15 @@ def read_source(src: Source, cfg: DataConfig) -> tuple[bytes, int]:
     limit = cfg.max_bytes
     docs = _Documents(limit)
     assert src.path is not None
-    if src.kind == "text":
-        _read_text_file(src, src.path, docs)
-    elif src.kind in ("dir", "pystdlib"):
-        _read_directory(src, docs)
-    elif src.kind == "jsonl":
-        _read_jsonl(src, src.path, cfg.text_field, docs)
-    elif src.kind == "parquet":
-        _read_parquet(src, src.path, cfg.text_field, docs)
+    with reading(src.fld, src.path):
+        if src.kind == "text":
+            _read_text_file(src, src.path, docs)
+        elif src.kind in ("dir", "pystdlib"):
+            _read_directory(src, docs)
+        elif src.kind == "jsonl":
+            _read_jsonl(src, src.path, cfg.text_field, docs)
+        elif src.kind == "parquet":
+            _read_parquet(src, src.path, cfg.text_field, docs)
     joined = b"\n".join(docs.docs)
     if limit is not None and len(joined) > limit:
         joined = joined[: char_boundary(joined, limit)]

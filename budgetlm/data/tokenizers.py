@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from budgetlm.data.sources import reading
 from budgetlm.errors import UserError
 
 TOKENIZER_META = "budgetlm_tokenizer.json"
@@ -174,20 +175,35 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Read a tokenizer written by `Tokenizer.save(directory)`."""
     d = Path(directory)
     meta_path = d / TOKENIZER_META
-    if not meta_path.is_file():
-        raise UserError(f"{d}: no tokenizer here (expected {TOKENIZER_META})")
-    meta = json.loads(meta_path.read_text())
+    with reading("", meta_path):
+        if not meta_path.is_file():
+            raise UserError(f"{d}: no tokenizer here (expected {TOKENIZER_META})")
+        text = meta_path.read_text(encoding="utf-8", errors="replace")
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: not a tokenizer file (expected a JSON object)")
     name = meta.get("name")
     if name == "byte":
         return ByteTokenizer()
-    if name == "char":
+    if name == "char" and isinstance(meta.get("chars"), str):
         return CharTokenizer(meta["chars"])
-    if name == "symbol":
+    if name == "symbol" and isinstance(meta.get("vocab_size"), int):
         return SymbolTokenizer(meta["vocab_size"])
     if name == "bpe":
         from tokenizers import Tokenizer as HFTokenizer
 
-        return BpeTokenizer(HFTokenizer.from_file(str(d / BpeTokenizer.HF_FILE)))
+        hf_path = d / BpeTokenizer.HF_FILE
+        with reading("", hf_path):
+            hf_json = hf_path.read_text(encoding="utf-8", errors="replace")
+        try:
+            return BpeTokenizer(HFTokenizer.from_str(hf_json))
+        except Exception:  # the tokenizers library raises a bare Exception on a bad file
+            raise UserError(f"{hf_path}: not a readable BPE tokenizer file") from None
+    if name in ("char", "symbol"):
+        raise UserError(f"{meta_path}: incomplete {name} tokenizer (missing or invalid fields)")
     raise UserError(f"{meta_path}: unknown tokenizer {name!r}")
 
 

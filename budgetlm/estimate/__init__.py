@@ -11,11 +11,15 @@ this package must not import torch (a test checks).
 - `report`: all of it at once (`estimate`).
 """
 
-from budgetlm.estimate.flops import Flops, flops_per_token, model_flops_per_token
-from budgetlm.estimate.inputs import assumed_micro_batch, checked_precision
+from budgetlm.estimate.flops import (
+    MAX_FLOPS_PER_TOKEN,
+    Flops,
+    flops_per_token,
+    model_flops_per_token,
+)
+from budgetlm.estimate.inputs import MAX_TOKENS_PER_STEP, assumed_micro_batch, checked_precision
 from budgetlm.estimate.memory import (
     ALLOCATOR_SLACK_FRACTION,
-    CPU_OVERHEAD_BYTES,
     CUBLAS_WORKSPACE_BYTES,
     CUDA_CONTEXT_BYTES,
     Memory,
@@ -23,24 +27,31 @@ from budgetlm.estimate.memory import (
     layer_activation_bytes,
     logits_bytes,
     memory_breakdown,
+    memory_phase_totals,
     optimizer_state_bytes,
     overhead_parts,
 )
 from budgetlm.estimate.params import (
+    MAX_PARAMS,
     ParamCount,
     ParamSpec,
     block_matmul_params,
     count_params,
     head_matmul_params,
     param_shapes,
+    param_spec_counts,
     param_specs,
 )
 from budgetlm.estimate.report import Estimate, estimate
 from budgetlm.estimate.steptime import MEASURED_TO_DATASHEET, StepTime, default_mfu, step_time
 
 __all__ = [
+    "MAX_FLOPS_PER_TOKEN",
+    "MAX_PARAMS",
+    "MAX_TOKENS_PER_STEP",
+    "memory_phase_totals",
+    "param_spec_counts",
     "ALLOCATOR_SLACK_FRACTION",
-    "CPU_OVERHEAD_BYTES",
     "CUBLAS_WORKSPACE_BYTES",
     "CUDA_CONTEXT_BYTES",
     "MEASURED_TO_DATASHEET",

@@ -10,7 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from budgetlm.config import ModelConfig
-from budgetlm.estimate.params import block_matmul_params, head_matmul_params
+from budgetlm.errors import UserError
+from budgetlm.estimate.params import (
+    MAX_PARAMS,
+    block_matmul_params,
+    describe_shape,
+    head_matmul_params,
+    sci,
+)
+
+# Model FLOPs per token (forward + backward) beyond which no estimate is given: a model of
+# MAX_PARAMS parameters needs 6e18; the rest is room for attention over long sequences.
+MAX_FLOPS_PER_TOKEN = 1000 * 6 * MAX_PARAMS
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,15 @@ def flops_per_token(m: ModelConfig, checkpointing: bool = False) -> Flops:
     encoder output are counted once per input token), so 6·N·D still holds with D = targets.
     """
     T, inner = m.seq_len, m.n_head * m.head_dim
-    attention = float(_attention_modules(m) * 2 * 2 * T * inner)
-    block = 2.0 * block_matmul_params(m) + attention
-    forward = block + 2.0 * head_matmul_params(m)
+    block_int = 2 * block_matmul_params(m) + _attention_modules(m) * 2 * 2 * T * inner
+    forward_int = block_int + 2 * head_matmul_params(m)
+    if 3 * forward_int > MAX_FLOPS_PER_TOKEN:
+        raise UserError(
+            f"model: {sci(3 * forward_int)} FLOPs per token ({describe_shape(m)}) is beyond any "
+            f"hardware; estimates stop at {sci(MAX_FLOPS_PER_TOKEN)}"
+        )
+    block = float(block_int)
+    forward = float(forward_int)
     recompute = 0.0
     if checkpointing:
         recompute = block

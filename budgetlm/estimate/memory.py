@@ -1,37 +1,52 @@
 """Training memory of a run config, piece by piece (no torch import).
 
-Bytes at the training peak, summed piece by piece (a slight upper bound: see
-`memory_breakdown`). Parameters stay fp32 under mixed precision (torch autocast), so `weights`
-counts fp32 parameters plus autocast's 16-bit copies of the matmul weights and `master` is 0.
+The tensor peak is the largest phase of a training step (`budgetlm.estimate.phases`), each
+phase counting what is alive in it; `total` adds the device's remainder (CUDA context, cuBLAS
+workspace, allocator slack; 0 on CPU). Parameters stay fp32 under mixed precision (torch
+autocast), so `weights` counts fp32 parameters plus autocast's 16-bit copies of the matmul
+weights and `master` is 0. Checked against torch's MemTracker: benchmarks/memory_truth.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 from budgetlm.config import OPTIMIZERS, ModelConfig, RunConfig
 from budgetlm.errors import UserError
 from budgetlm.estimate.inputs import assumed_micro_batch, checked_precision
-from budgetlm.estimate.params import ParamSpec, count_params, param_specs
+from budgetlm.estimate.params import (
+    block_matmul_params,
+    count_params,
+    head_matmul_params,
+    param_spec_counts,
+)
+from budgetlm.estimate.phases import (
+    PHASES,
+    StepSizes,
+    block_workspace_bytes,
+    muon_hidden,
+    optimizer_temp_bytes,
+    peak_phase,
+    step_phases,
+)
 
 MiB = 1 << 20
 
 # The CUDA context (driver state, kernel images) lives outside PyTorch's allocator, so
 # torch.cuda.max_memory_allocated() never sees it. Typically 300–600 MiB per process on recent
 # drivers with lazy module loading (CUDA_MODULE_LOADING=LAZY, default since CUDA 11.7 / torch 2).
-# benchmarks/memory_accuracy.py measures it on the machine it runs on.
+# An assumed value, not measured here: benchmarks/memory_accuracy.py measures it on a GPU.
 CUDA_CONTEXT_BYTES = 512 * MiB
 # cuBLAS / cuBLASLt workspaces come from PyTorch's caching allocator (so they *are* in
-# max_memory_allocated); torch uses up to 32 MiB per handle on Hopper.
+# max_memory_allocated, though no tensor holds them): torch's default workspace is 4096 KiB x 8
+# = 32 MiB per handle on Hopper (aten/src/ATen/cuda/CublasHandlePool.cpp, getChosenWorkspaceSize).
 CUBLAS_WORKSPACE_BYTES = 32 * MiB
-# Caching-allocator slack (reserved minus allocated: block rounding, fragmentation), as a
-# fraction of tensor bytes. Not visible to max_memory_allocated; it is what nvidia-smi adds.
+# Caching-allocator slack (reserved minus allocated: block rounding to 512 B / 2 MiB segments,
+# fragmentation), as a fraction of the tensor peak. An assumed value, not measured here; not
+# visible to max_memory_allocated, it is what max_memory_reserved and nvidia-smi add.
 ALLOCATOR_SLACK_FRACTION = 0.10
-# CPU: op temporaries the estimate does not model. Excludes the resident code and data of the
-# torch runtime itself (~0.3–0.5 GB of RSS before any tensor exists).
-CPU_OVERHEAD_BYTES = 64 * MiB
-
 # Optimizer state in bytes per fp32 parameter (torch.optim semantics).
 _STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq (Loshchilov & Hutter 2019)
@@ -43,19 +58,22 @@ _STATE_BYTES = {
 
 @dataclass(frozen=True)
 class Memory:
-    """Bytes at the training peak, by kind. total = the sum of the fields.
+    """Bytes at the training peak: the tensors alive in the peak phase of a step (see
+    `budgetlm.estimate.phases`), by kind, plus the device's remainder.
 
-    weights: fp32 parameters, plus under 16-bit autocast the cast copies of every matmul weight
-      (autocast caches them and autograd saves them for the backward pass).
-    grads: one fp32 gradient per parameter.
+    weights: fp32 parameters and buffers, plus under 16-bit autocast the cast copies of the
+      matmul weights autograd still keeps in that phase.
+    grads: the fp32 parameter gradients that exist in that phase.
     optimizer: optimizer state (see `optimizer_state_bytes`).
     master: a separate fp32 master copy. 0 here: autocast keeps the parameters themselves in
-      fp32, so they are the master copy (counted in `weights`); a pure-16-bit mode would put
-      2 B/param in weights and 4 B/param here.
-    activations: tensors saved for the backward pass by the blocks, embedding and head.
-    logits: (B, T, V) in the compute dtype plus the fp32 log-probabilities kept by the loss and
-      the two fp32 gradients that exist while the loss is differentiated.
-    overhead: runtime memory outside tensors (see `overhead_parts`).
+      fp32, so they are the master copy (counted in `weights`).
+    activations: token ids and the tensors saved for the backward pass then.
+    logits: the (B, T, V) tensors then: logits in the compute dtype and the fp32
+      log-probabilities and their gradients.
+    temporaries: working tensors of that phase (optimizer update, backward working set).
+    device_remainder: memory outside the tensors (see `overhead_parts`); 0 on CPU.
+    peak_phase: the phase the tensor peak is in; phases: every phase's tensor bytes.
+    tensor_peak = the sum of the tensor kinds; total = tensor_peak + device_remainder.
     """
 
     weights: int
@@ -64,10 +82,13 @@ class Memory:
     master: int
     activations: int
     logits: int
-    overhead: int
+    temporaries: int
+    device_remainder: int
+    peak_phase: str
+    phases: tuple[tuple[str, int], ...]
 
     @property
-    def total(self) -> int:
+    def tensor_peak(self) -> int:
         return (
             self.weights
             + self.grads
@@ -75,23 +96,35 @@ class Memory:
             + self.master
             + self.activations
             + self.logits
-            + self.overhead
+            + self.temporaries
         )
 
-    def to_dict(self) -> dict[str, int]:
-        d = asdict(self)
+    @property
+    def total(self) -> int:
+        return self.tensor_peak + self.device_remainder
+
+    @property
+    def overhead(self) -> int:
+        """The device remainder (the name the planner and older callers use)."""
+        return self.device_remainder
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            k: getattr(self, k)
+            for k in ("weights", "grads", "optimizer", "master", "activations", "logits",
+                      "temporaries")
+        }
+        d["tensor_peak"] = self.tensor_peak
+        d["peak_phase"] = self.peak_phase
+        d["device_remainder"] = self.device_remainder
         d["total"] = self.total
+        d["phases"] = dict(self.phases)
         return d
 
 
 def _bytes_per_element(precision: str) -> int:
     """Bytes of an activation element in the compute dtype."""
     return 4 if precision == "fp32" else 2
-
-
-def _muon_hidden(s: ParamSpec) -> bool:
-    """A 2-D hidden weight: a Linear weight that is not the LM head (Muon's share)."""
-    return s.role in ("matrix", "head") and not s.name.startswith("lm_head")
 
 
 def optimizer_state_bytes(m: ModelConfig, optimizer: str, momentum: float = 0.9) -> int:
@@ -105,8 +138,8 @@ def optimizer_state_bytes(m: ModelConfig, optimizer: str, momentum: float = 0.9)
     factors the second moment of each matrix into a row and a column vector (rows + cols
     floats) and keeps it in full for vectors, with no first moment.
     """
-    specs = param_specs(m)
-    n = sum(s.numel for s in specs)
+    counts = param_spec_counts(m)
+    n = sum(k * s.numel for s, k in counts)
     if optimizer in _STATE_BYTES:
         return _STATE_BYTES[optimizer] * n
     if optimizer == "sgd":
@@ -114,10 +147,11 @@ def optimizer_state_bytes(m: ModelConfig, optimizer: str, momentum: float = 0.9)
     if optimizer == "rmsprop":
         return 4 * n + (4 * n if momentum > 0 else 0)
     if optimizer == "muon":
-        hidden = sum(s.numel for s in specs if _muon_hidden(s))
+        hidden = sum(k * s.numel for s, k in counts if muon_hidden(s))
         return 4 * hidden + 8 * (n - hidden)
     if optimizer == "adafactor":
-        return 4 * sum((s.shape[0] + s.shape[1]) if len(s.shape) == 2 else s.numel for s in specs)
+        return 4 * sum(k * ((s.shape[0] + s.shape[1]) if len(s.shape) == 2 else s.numel)
+                       for s, k in counts)
     raise UserError(f"optim.name: unknown optimizer {optimizer!r}; one of {', '.join(OPTIMIZERS)}")
 
 
@@ -230,45 +264,54 @@ def _final_activation_bytes(m: ModelConfig, precision: str, device: str) -> floa
     return b
 
 
-def activation_bytes(
-    m: ModelConfig, micro_batch: int, precision: str, checkpointing: bool, device: str = "cuda"
-) -> int:
-    """Bytes of saved activations for one micro-batch (logits excluded)."""
-    tokens = micro_batch * m.seq_len
+def _activation_pieces(
+    m: ModelConfig, precision: str, device: str
+) -> tuple[float, float, int, float]:
+    """Per token: (largest block, all blocks, number of blocks, outside the blocks)."""
     enc = layer_activation_bytes(m, precision, device)
     if m.family == "t5":
         dec = layer_activation_bytes(m, precision, device, cross_attention=True)
         dec += _bytes_per_element(precision) * m.d_model  # encoder output cast for cross K/V
-        layers = [enc] * m.n_layer + [dec] * m.decoder_layers
+        n = m.n_layer + m.decoder_layers
+        largest = max(enc, dec) if m.decoder_layers else enc
+        blocks = enc * m.n_layer + dec * m.decoder_layers
     else:
-        layers = [enc] * m.n_layer
-    final = _final_activation_bytes(m, precision, device)
-    if checkpointing:
-        # Korthikanti et al. 2022 §4.2, full recompute: keep each block's input (fp32 residual
-        # stream here) and, during backward, one block's working set at a time.
-        per_token = 4 * m.d_model * len(layers) + max(layers) + final
-    else:
-        per_token = sum(layers) + final
+        n, largest, blocks = m.n_layer, enc, enc * m.n_layer
+    return largest, blocks, n, _final_activation_bytes(m, precision, device)
+
+
+def activation_bytes(
+    m: ModelConfig, micro_batch: int, precision: str, checkpointing: bool, device: str = "cuda"
+) -> int:
+    """Bytes of saved activations for one micro-batch at the end of the forward pass (logits
+    excluded). Under checkpointing (Korthikanti et al. 2022 §4.2, full recompute) each block
+    keeps only its input, the fp32 residual stream; the recompute of one block during the
+    backward pass is counted in the phase it happens in (`budgetlm.estimate.phases`)."""
+    tokens = micro_batch * m.seq_len
+    _largest, blocks, n, final = _activation_pieces(m, precision, device)
+    per_token = (4 * m.d_model * n if checkpointing else blocks) + final
     return int(math.ceil(tokens * per_token))
 
 
 def logits_bytes(m: ModelConfig, micro_batch: int, precision: str) -> int:
-    """(B, T, V) logits in the compute dtype, plus fp32: the log-probabilities kept by
-    cross-entropy, the gradient w.r.t. them and the gradient w.r.t. the logits (alive together
-    while log_softmax is differentiated). Often the peak for small models with large vocabularies.
-    """
+    """Bytes of the (B, T, V) tensors alive while the loss is differentiated: the logits in the
+    compute dtype (the training loop holds them), the fp32 log-probabilities cross-entropy
+    saved, the gradient nll_loss returns and the one log_softmax returns. Often the peak for
+    small models with large vocabularies."""
     elements = micro_batch * m.seq_len * m.vocab_size
     return elements * (_bytes_per_element(precision) + 4 + 4 + 4)
 
 
 def overhead_parts(device: str, tensor_bytes: int) -> dict[str, int]:
-    """Runtime memory besides tensors: {"context", "workspace", "allocator_slack"}.
+    """Device memory besides the tensors: {"context", "workspace", "allocator_slack"}, all 0
+    on CPU (RSS of the runtime itself is not a tensor and is not counted).
 
-    Only "workspace" is visible to torch.cuda.max_memory_allocated(); compare that counter with
-    `Memory.total - context - allocator_slack`.
+    On CUDA only "workspace" is visible to torch.cuda.max_memory_allocated(); compare that
+    counter with `Memory.total - context - allocator_slack`, and max_memory_reserved with
+    `Memory.total - context`.
     """
     if device == "cpu":
-        return {"context": 0, "workspace": CPU_OVERHEAD_BYTES, "allocator_slack": 0}
+        return {"context": 0, "workspace": 0, "allocator_slack": 0}
     return {
         "context": CUDA_CONTEXT_BYTES,
         "workspace": CUBLAS_WORKSPACE_BYTES,
@@ -283,6 +326,75 @@ def _memory_device_kind(device: str | None, cfg: RunConfig) -> str:
     return "cpu" if dev == "cpu" else "cuda"
 
 
+def _buffer_bytes(m: ModelConfig) -> int:
+    """Module buffers: each rotary attention's fp32 cos and sin tables (T x head_dim/2 each)."""
+    if m.positions != "rope":
+        return 0
+    return (m.n_layer + (m.decoder_layers if m.family == "t5" else 0)) * 4 * m.seq_len * m.head_dim
+
+
+def _grad_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
+    """fp32 gradient bytes: (head side, one block, embeddings not shared with the head, tied
+    token-embedding table or 0)."""
+    counts = param_spec_counts(m)
+    n_blocks = max(m.n_layer + (m.decoder_layers if m.family == "t5" else 0), 1)
+    in_blocks = sum(k * s.numel for s, k in counts
+                    if s.name.startswith("blocks.") or ".block." in s.name)
+    block = in_blocks // n_blocks
+    emb = sum(k * s.numel for s, k in counts if s.role == "embedding")
+    tied = m.vocab_size * m.d_model if m.tie_embeddings else 0
+    return 4 * head_matmul_params(m), 4 * block, 4 * (emb - tied), 4 * tied
+
+
+def step_sizes(
+    cfg: RunConfig, micro_batch: int, precision: str, optimizer: str, checkpointing: bool,
+    device: str,
+) -> StepSizes:
+    """The sizes `budgetlm.estimate.phases.step_phases` combines, for `cfg`."""
+    m, o = cfg.model, cfg.optim
+    c = _bytes_per_element(precision)
+    tokens = micro_batch * m.seq_len
+    largest, _blocks, n_blocks, final = _activation_pieces(m, precision, device)
+    copies = 2 if precision != "fp32" else 0
+    grads_head, grads_block, grads_emb, tied = _grad_sizes(m)
+    # Rotary attention saves its cos and sin tables, repeated to (T, head_dim) in the compute
+    # dtype, for q and for k: per block, whatever the batch.
+    rope = 4 * m.seq_len * m.head_dim * c if m.positions == "rope" else 0
+    kept = activation_bytes(m, micro_batch, precision, checkpointing, device)
+    final_bytes = int(math.ceil(tokens * final))
+    return StepSizes(
+        params=4 * count_params(m).total + _buffer_bytes(m),
+        state=optimizer_state_bytes(m, optimizer, o.momentum),
+        inputs=16 * tokens,  # int64 token ids and targets
+        copies_head=copies * head_matmul_params(m),
+        copies_block=copies * block_matmul_params(m) // max(n_blocks, 1),
+        acts_block=int(math.ceil(tokens * largest)) + rope,
+        acts_kept=kept - final_bytes + (0 if checkpointing else n_blocks * rope),
+        acts_final=final_bytes,
+        logits=tokens * m.vocab_size,
+        c=c,
+        final_out=4 * m.d_model * tokens,
+        grads_head=grads_head,
+        grads_block=grads_block,
+        grads_all=4 * count_params(m).total,
+        grads_embedding=grads_emb,
+        tied_embedding=tied,
+        workspace=block_workspace_bytes(m, tokens, c),
+        opt_temps=optimizer_temp_bytes(m, optimizer, device, o.weight_decay, o.momentum,
+                                       o.nesterov, o.decay_all),
+        n_blocks=max(n_blocks, 1),
+        checkpointing=checkpointing,
+    )
+
+
+def memory_phase_totals(mem: Memory, device: str) -> dict[str, int]:
+    """Each phase's tensor bytes of `mem` plus the device remainder they would carry on `device`
+    ("cpu" or "cuda"): each is affine in the micro-batch, and `mem.total` is their maximum
+    (convex in it, so a straight line through two micro-batches can fall below it further
+    out)."""
+    return {p: b + sum(overhead_parts(device, b).values()) for p, b in mem.phases}
+
+
 def memory_breakdown(
     cfg: RunConfig,
     micro_batch: int | None = None,
@@ -295,34 +407,29 @@ def memory_breakdown(
     """Training memory of `cfg` in bytes; None takes the value from `cfg` (micro_batch "auto"
     counts as 1). device: "cpu" or "cuda"; default cfg.train.device, where "auto" means cuda.
 
-    The pieces are summed as if all were alive at once. At the real peak (the start of backward,
-    when the loss is differentiated) the parameter gradients mostly do not exist yet, while at
-    the optimizer step activations are gone but the optimizer's temporaries are not; the sum is
-    therefore a mild upper bound when activations dominate and close when weights dominate.
+    The tensor peak is the largest phase of a steady-state step (`budgetlm.estimate.phases`);
+    the components are what is alive in that phase. `total` adds the device remainder.
     """
-    m = cfg.model
     mb = assumed_micro_batch(cfg, micro_batch)
     prec = checked_precision(precision or cfg.train.precision)
     opt = optimizer or cfg.optim.name
+    if opt not in OPTIMIZERS:
+        raise UserError(f"optim.name: unknown optimizer {opt!r}; one of {', '.join(OPTIMIZERS)}")
     ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
     dev = _memory_device_kind(device, cfg)
-
-    pc = count_params(m)
-    weights = 4 * pc.total
-    if prec != "fp32":
-        weights += 2 * pc.matmul  # autocast's 16-bit copies of the matmul weights
-    grads = 4 * pc.total
-    state = optimizer_state_bytes(m, opt, cfg.optim.momentum)
-    acts = activation_bytes(m, mb, prec, ckpt, dev)
-    logits = logits_bytes(m, mb, prec)
-    tensors = weights + grads + state + acts + logits
-    overhead = sum(overhead_parts(dev, tensors).values())
+    phases = step_phases(step_sizes(cfg, mb, prec, opt, ckpt, dev))
+    peak = peak_phase(phases)
+    parts = phases[peak]
+    tensors = sum(parts.values())
     return Memory(
-        weights=weights,
-        grads=grads,
-        optimizer=state,
+        weights=parts["weights"],
+        grads=parts["grads"],
+        optimizer=parts["optimizer"],
         master=0,
-        activations=acts,
-        logits=logits,
-        overhead=overhead,
+        activations=parts["activations"],
+        logits=parts["logits"],
+        temporaries=parts["temporaries"],
+        device_remainder=sum(overhead_parts(dev, tensors).values()),
+        peak_phase=peak,
+        phases=tuple((p, sum(phases[p].values())) for p in PHASES),
     )

@@ -3,14 +3,27 @@
 Exact for gpt/bert, checked name by name against `budgetlm.model` (tied tensors counted once).
 `param_shapes` mirrors the model's `named_parameters()`; t5 mirrors HF
 `T5ForConditionalGeneration` (relative-position bias tables in the first block of each stack).
+
+The blocks of a stack are identical but for their names (and t5's first block, which holds the
+relative-bias table), so counts come from `param_spec_counts`: one entry per distinct tensor
+with how often the model holds it. They take constant time in depth; only `param_specs` and
+`param_shapes` list every tensor of every block.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Context
 
 from budgetlm.config import ModelConfig
+from budgetlm.errors import UserError
+
+# The largest model the estimator answers for: 1e18 parameters is 4 EB of fp32 weights alone,
+# beyond the memory of every accelerator ever built put together (and 1e5-1e6 times the largest
+# models trained). Below it every count and FLOP figure is an exact int or a finite float.
+MAX_PARAMS = 10**18
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,14 @@ class ParamSpec:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+# A run of identical tensor groups: the indices it covers and the specs of index i.
+_Run = tuple[range, Callable[[int], list[ParamSpec]]]
+
+
+def _fixed(specs: list[ParamSpec]) -> _Run:
+    return range(1), lambda _i: specs
 
 
 def _norm_specs(m: ModelConfig, prefix: str) -> list[ParamSpec]:
@@ -77,36 +98,38 @@ def _block_specs(m: ModelConfig, i: int) -> list[ParamSpec]:
     )
 
 
-def _gpt_specs(m: ModelConfig) -> list[ParamSpec]:
-    V, d = m.vocab_size, m.d_model
-    out = [ParamSpec("wte.weight", (V, d), "embedding")]
+def _embedding_specs(m: ModelConfig) -> list[ParamSpec]:
+    """Token table (+ learned positions) of gpt/bert."""
+    out = [ParamSpec("wte.weight", (m.vocab_size, m.d_model), "embedding")]
     if m.positions == "learned":
-        out.append(ParamSpec("wpe.weight", (m.seq_len, d), "embedding"))
-    for i in range(m.n_layer):
-        out += _block_specs(m, i)
-    out += _norm_specs(m, "ln_f")
-    if not m.tie_embeddings:
-        out.append(ParamSpec("lm_head.weight", (V, d), "head"))  # GPT head has no bias
+        out.append(ParamSpec("wpe.weight", (m.seq_len, m.d_model), "embedding"))
     return out
 
 
-def _bert_specs(m: ModelConfig) -> list[ParamSpec]:
-    V, d = m.vocab_size, m.d_model
-    out = [ParamSpec("wte.weight", (V, d), "embedding")]
-    if m.positions == "learned":
-        out.append(ParamSpec("wpe.weight", (m.seq_len, d), "embedding"))
-    out.append(ParamSpec("wtt.weight", (2, d), "embedding"))  # token types, like HF
-    out += _norm_specs(m, "ln_emb")
-    for i in range(m.n_layer):
-        out += _block_specs(m, i)
-    out += _norm_specs(m, "ln_f")
-    out += _linear_specs(m, "head.dense", d, d, "head")
-    out += _norm_specs(m, "head.norm")
+def _gpt_runs(m: ModelConfig) -> list[_Run]:
+    tail = _norm_specs(m, "ln_f")
     if not m.tie_embeddings:
-        out.append(ParamSpec("lm_head.weight", (V, d), "head"))
+        tail.append(ParamSpec("lm_head.weight", (m.vocab_size, m.d_model), "head"))  # no bias
+    return [
+        _fixed(_embedding_specs(m)),
+        (range(m.n_layer), lambda i: _block_specs(m, i)),
+        _fixed(tail),
+    ]
+
+
+def _bert_runs(m: ModelConfig) -> list[_Run]:
+    V, d = m.vocab_size, m.d_model
+    head = _embedding_specs(m)
+    head.append(ParamSpec("wtt.weight", (2, d), "embedding"))  # token types, like HF
+    head += _norm_specs(m, "ln_emb")
+    tail = _norm_specs(m, "ln_f")
+    tail += _linear_specs(m, "head.dense", d, d, "head")
+    tail += _norm_specs(m, "head.norm")
+    if not m.tie_embeddings:
+        tail.append(ParamSpec("lm_head.weight", (V, d), "head"))
     if m.bias:
-        out.append(ParamSpec("lm_head.bias", (V,), "vector"))  # MLM decoder's own bias
-    return out
+        tail.append(ParamSpec("lm_head.bias", (V,), "vector"))  # MLM decoder's own bias
+    return [_fixed(head), (range(m.n_layer), lambda i: _block_specs(m, i)), _fixed(tail)]
 
 
 def _t5_attention_specs(m: ModelConfig, prefix: str, first: bool) -> list[ParamSpec]:
@@ -124,44 +147,76 @@ def _t5_attention_specs(m: ModelConfig, prefix: str, first: bool) -> list[ParamS
     return out
 
 
-def _t5_specs(m: ModelConfig) -> list[ParamSpec]:
-    """HF T5ForConditionalGeneration: shared embedding, encoder and decoder stacks, lm_head."""
-    V, d = m.vocab_size, m.d_model
-    out = [ParamSpec("shared.weight", (V, d), "embedding")]
+def _t5_block_specs(m: ModelConfig, stack: str, i: int) -> list[ParamSpec]:
+    """Block i of a t5 stack: self-attention (+ cross-attention in the decoder), then the MLP."""
     ff_names = ("wi_0", "wi_1", "wo") if m.mlp == "swiglu" else ("wi", "", "wo")
-    for stack, n in (("encoder", m.n_layer), ("decoder", m.decoder_layers)):
-        if m.positions == "learned":
-            out.append(ParamSpec(f"{stack}.embed_positions.weight", (m.seq_len, d), "embedding"))
-        for i in range(n):
-            p = f"{stack}.block.{i}.layer"
-            out += _t5_attention_specs(m, f"{p}.0.SelfAttention", first=i == 0)
-            out += _norm_specs(m, f"{p}.0.layer_norm")
-            ff = 1
-            if stack == "decoder":
-                out += _t5_attention_specs(m, f"{p}.1.EncDecAttention", first=False)
-                out += _norm_specs(m, f"{p}.1.layer_norm")
-                ff = 2
-            out += _mlp_specs(m, f"{p}.{ff}.DenseReluDense", ff_names)
-            out += _norm_specs(m, f"{p}.{ff}.layer_norm")
-        out += _norm_specs(m, f"{stack}.final_layer_norm")
-    if not m.tie_embeddings:
-        out.append(ParamSpec("lm_head.weight", (V, d), "head"))
+    p = f"{stack}.block.{i}.layer"
+    out = _t5_attention_specs(m, f"{p}.0.SelfAttention", first=i == 0)
+    out += _norm_specs(m, f"{p}.0.layer_norm")
+    ff = 1
+    if stack == "decoder":
+        out += _t5_attention_specs(m, f"{p}.1.EncDecAttention", first=False)
+        out += _norm_specs(m, f"{p}.1.layer_norm")
+        ff = 2
+    out += _mlp_specs(m, f"{p}.{ff}.DenseReluDense", ff_names)
+    out += _norm_specs(m, f"{p}.{ff}.layer_norm")
     return out
 
 
-def param_specs(m: ModelConfig) -> list[ParamSpec]:
-    """Every parameter tensor of the model `m` describes, in `named_parameters()` order."""
+def _t5_runs(m: ModelConfig) -> list[_Run]:
+    """HF T5ForConditionalGeneration: shared embedding, encoder and decoder stacks, lm_head."""
+    V, d = m.vocab_size, m.d_model
+    runs = [_fixed([ParamSpec("shared.weight", (V, d), "embedding")])]
+    for stack, n in (("encoder", m.n_layer), ("decoder", m.decoder_layers)):
+        if m.positions == "learned":
+            runs.append(
+                _fixed([ParamSpec(f"{stack}.embed_positions.weight", (m.seq_len, d), "embedding")])
+            )
+
+        def block(i: int, stack: str = stack) -> list[ParamSpec]:
+            return _t5_block_specs(m, stack, i)
+
+        runs += [(range(min(n, 1)), block), (range(1, n), block)]  # block 0 holds the table
+        runs.append(_fixed(_norm_specs(m, f"{stack}.final_layer_norm")))
+    if not m.tie_embeddings:
+        runs.append(_fixed([ParamSpec("lm_head.weight", (V, d), "head")]))
+    return runs
+
+
+def _runs(m: ModelConfig) -> list[_Run]:
     if m.family == "gpt":
-        return _gpt_specs(m)
+        return _gpt_runs(m)
     if m.family == "bert":
-        return _bert_specs(m)
-    return _t5_specs(m)
+        return _bert_runs(m)
+    return _t5_runs(m)
+
+
+def param_specs(m: ModelConfig) -> list[ParamSpec]:
+    """Every parameter tensor of the model `m` describes, in `named_parameters()` order.
+
+    Lists every block: linear in depth. Counts should use `param_spec_counts`."""
+    return [s for idx, specs in _runs(m) for i in idx for s in specs(i)]
 
 
 def param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     """{name: shape}, equal to `{n: tuple(p.shape) for n, p in model.named_parameters()}` of
     `build_model(m)` for gpt and bert."""
     return {s.name: s.shape for s in param_specs(m)}
+
+
+def param_spec_counts(m: ModelConfig) -> list[tuple[ParamSpec, int]]:
+    """(spec, how many tensors like it the model holds), in `named_parameters()` order.
+
+    One entry per tensor outside the blocks and per tensor of one block, named as in the first
+    block it stands for; `sum(k * s.numel for s, k in ...)` is the parameter count. Constant
+    time in depth.
+    """
+    return [
+        (s, idx.stop - idx.start)
+        for idx, specs in _runs(m)
+        if idx.stop > idx.start
+        for s in specs(idx.start)
+    ]
 
 
 @dataclass(frozen=True)
@@ -189,14 +244,41 @@ def head_matmul_params(m: ModelConfig) -> int:
 
 def block_matmul_params(m: ModelConfig) -> int:
     """Linear weights inside the transformer blocks (role "matrix")."""
-    return sum(s.numel for s in param_specs(m) if s.role == "matrix")
+    return sum(k * s.numel for s, k in param_spec_counts(m) if s.role == "matrix")
+
+
+def sci(n: int | float) -> str:
+    """A count in at most three significant digits, "1.2e+22", for ints of any size."""
+    return format(Context(prec=3).create_decimal(n).normalize(), "g")
+
+
+def describe_shape(m: ModelConfig) -> str:
+    """The shape fields that size a model, for messages: 'n_layer=2, d_model=64, ...'."""
+    parts = [f"n_layer={m.n_layer}"]
+    if m.family == "t5":
+        parts.append(f"decoder_layers={m.decoder_layers}")
+    parts += [
+        f"d_model={m.d_model}",
+        f"n_head={m.n_head}",
+        f"d_ff={m.ff}",
+        f"vocab_size={m.vocab_size}",
+        f"seq_len={m.seq_len}",
+    ]
+    return ", ".join(parts)
 
 
 def count_params(m: ModelConfig) -> ParamCount:
-    """Exact parameter count (Kaplan et al. 2020 §2.1 split: embedding vs non-embedding)."""
-    specs = param_specs(m)
-    total = sum(s.numel for s in specs)
-    embedding = sum(s.numel for s in specs if s.role == "embedding")
+    """Exact parameter count (Kaplan et al. 2020 §2.1 split: embedding vs non-embedding).
+
+    UserError when the model has more than MAX_PARAMS parameters."""
+    counts = param_spec_counts(m)
+    total = sum(k * s.numel for s, k in counts)
+    if total > MAX_PARAMS:
+        raise UserError(
+            f"model: {sci(total)} parameters ({describe_shape(m)}) is beyond any hardware; "
+            f"estimates stop at {sci(MAX_PARAMS)}"
+        )
+    embedding = sum(k * s.numel for s, k in counts if s.role == "embedding")
     return ParamCount(
         total=total,
         embedding=embedding,

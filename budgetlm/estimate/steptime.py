@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from budgetlm.config import RunConfig, tokens_per_step
+from budgetlm.config import RunConfig
 from budgetlm.estimate.flops import flops_per_token
-from budgetlm.estimate.inputs import assumed_micro_batch, checked_precision
+from budgetlm.estimate.inputs import (
+    assumed_micro_batch,
+    checked_precision,
+    checked_tokens_per_step,
+)
 from budgetlm.estimate.params import count_params
 
 # Model FLOPs utilisation of dense-transformer training, as a fraction of the datasheet dense
@@ -96,7 +100,7 @@ def step_time(
     if not peak:
         return None
     mb = assumed_micro_batch(cfg, micro_batch)
-    tokens = tokens_per_step(mb, cfg.train.grad_accum, cfg.model.seq_len)
+    tokens = checked_tokens_per_step(cfg, mb)
     flops = flops_per_token(cfg.model, cfg.train.activation_checkpointing)
     flops_per_step = flops.total * tokens
     device = str(getattr(profile, "device", "cuda"))

@@ -8,6 +8,8 @@ answers later without importing torch. `cached_profile()` only reads: it never m
 from __future__ import annotations
 
 import json
+import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,25 +34,72 @@ def cache_key() -> str:
     return "|".join([hostname(), cpu_model, gpu_names, f"torch {installed_torch_version()}"])
 
 
-def _read_cache_file(path: Path) -> dict[str, Any]:
-    """The cached profiles by key; {} for a missing, unreadable or older-version file."""
+_REPORTED: set[str] = set()
+
+
+def report_corrupt_cache(path: Path, why: str) -> None:
+    """Say once per process, on stderr, that the cache file `path` is unusable and why."""
+    if str(path) in _REPORTED:
+        return
+    _REPORTED.add(str(path))
+    sys.stderr.write(
+        f"note: profile cache {path} is unusable ({why}); ignoring it, the profile is measured "
+        "again\n"
+    )
+    sys.stderr.flush()
+
+
+def _read_cache_file(path: Path, report: bool = True) -> dict[str, Any]:
+    """The cached profiles by key; {} for a missing, corrupt, unreadable or older-version file
+    (a corrupt or unreadable one is reported once when `report`)."""
+    why = None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+    except OSError as exc:
+        data, why = None, f"cannot read it: {exc.strerror or exc}"
+    except ValueError as exc:
+        data, why = None, f"not valid JSON: {str(exc).splitlines()[0]}"
+    if why is None and not isinstance(data, dict):
+        why = "not a JSON object"
+    if why is None and data.get("version") != CACHE_VERSION:
+        return {}  # written by another version of budgetlm: stale, not corrupt
+    profiles = data.get("profiles") if isinstance(data, dict) else None
+    if why is None and not isinstance(profiles, dict):
+        why = "no 'profiles' mapping"
+    if why is not None:
+        if report:
+            report_corrupt_cache(path, why)
         return {}
-    profiles = data.get("profiles")
-    return profiles if isinstance(profiles, dict) else {}
+    return profiles  # type: ignore[return-value]
+
+
+def _checked(profile: HardwareProfile) -> HardwareProfile:
+    """`profile` when its numbers are numbers (counts whole, rates finite and positive)."""
+    for name in ("cpu_cores", "memory_bytes", "device_memory_bytes", "gpu_count"):
+        v = getattr(profile, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} is {v!r}")
+    for dtype, rate in profile.matmul_flops.items():
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"matmul_flops.{dtype} is {rate!r}")
+    if not isinstance(profile.device, str) or not isinstance(profile.measured, bool):
+        raise ValueError("device or measured has the wrong type")
+    return profile
 
 
 def _cached(key: str) -> HardwareProfile | None:
-    entry = _read_cache_file(cache_path()).get(key)
-    if not isinstance(entry, dict):
+    path = cache_path()
+    entry = _read_cache_file(path).get(key)
+    if entry is None:
         return None
     try:
-        return HardwareProfile.from_dict(entry)
-    except (TypeError, ValueError, KeyError, AttributeError):
+        if not isinstance(entry, dict):
+            raise TypeError("not a JSON object")
+        return _checked(HardwareProfile.from_dict(entry))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        report_corrupt_cache(path, f"the entry for this machine is invalid: {exc}")
         return None
 
 
@@ -63,7 +112,7 @@ def cached_profile() -> HardwareProfile | None:
 def save_profile(profile: HardwareProfile, key: str) -> Path:
     """Add `profile` under `key` to the cache file (written whole); return the file's path."""
     path = cache_path()
-    profiles = _read_cache_file(path)
+    profiles = _read_cache_file(path, report=False)
     profiles[key] = profile.to_dict()
     text = json.dumps({"version": CACHE_VERSION, "profiles": profiles}, indent=2)
     return atomic_write_text(path, text)

@@ -8,25 +8,30 @@ with no device unless `--gpu` names one. `resolve_target` turns a `Budget` into 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from budgetlm import hardware
 from budgetlm.errors import UserError
-from budgetlm.units import format_flops_rate, format_seconds
+from budgetlm.units import format_flops_rate, format_seconds, require_finite
 
 REFERENCE_GPU = "h100-sxm"
 GPU_MEMORY_MARGIN = 0.90  # plan to use at most this share of device memory
 CPU_MEMORY_MARGIN = 0.50  # of host RAM: leave room for the OS, data and other processes
+# the budget flags each command takes (`Budget.command`), as its "no budget given" names them
+BUDGET_FLAGS = {
+    "plan": "--gpu-hours H, --flops C, --time 10m or --cost AMOUNT --price PER_GPU_HOUR",
+    "calibrate": "--gpu-hours H, --flops C or --time 10m",
+}
 
 
 def _positive(value: float | None, what: str) -> float | None:
     if value is None:
         return None
-    if not math.isfinite(value) or value <= 0:
+    value = require_finite(value, what)
+    if value <= 0:
         raise UserError(f"{what}: must be positive, got {value:g}")
-    return float(value)
+    return value
 
 
 @dataclass
@@ -34,7 +39,8 @@ class Budget:
     """Exactly one of gpu_hours, flops, seconds (`--time`) or cost (with price per GPU-hour).
 
     gpu: a GPU name from the datasheet table, "auto" or None (this machine's GPU, else the
-    reference H100 SXM); gpus: how many of them (data parallel).
+    reference H100 SXM); gpus: how many of them (data parallel); command: the command the
+    budget was typed for ("plan" or "calibrate"), which its messages name with its flags.
     """
 
     gpu_hours: float | None = None
@@ -44,6 +50,7 @@ class Budget:
     price: float | None = None
     gpu: str | None = None
     gpus: int = 1
+    command: str = field(default="plan", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         given = [
@@ -52,12 +59,10 @@ class Budget:
             if v is not None
         ]
         if not given:
-            raise UserError(
-                "plan: no budget given; pass one of --gpu-hours H, --flops C, --time 10m or "
-                "--cost AMOUNT --price PER_GPU_HOUR"
-            )
+            flags = BUDGET_FLAGS.get(self.command, BUDGET_FLAGS["plan"])
+            raise UserError(f"{self.command}: no budget given; pass one of {flags}")
         if len(given) > 1:
-            raise UserError(f"plan: give one budget, not {' and '.join(given)}")
+            raise UserError(f"{self.command}: give one budget, not {' and '.join(given)}")
         self.gpu_hours = _positive(self.gpu_hours, "--gpu-hours")
         self.flops = _positive(self.flops, "--flops")
         self.seconds = _positive(self.seconds, "--time")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from budgetlm import laws
 from budgetlm.config import DataConfig
 from budgetlm.plan.budget import Budget, Target
+from budgetlm.plan.ladder import LADDER_SPAN, ladder
 from budgetlm.plan.pricing import MIN_STEPS, PRIOR_MIN_STEPS, Candidate, PlanContext
 from budgetlm.units import format_count
 
@@ -69,8 +70,9 @@ def _top_notes(top: Candidate, tgt: Target) -> list[str]:
     return notes
 
 
-def _time_notes(top: Candidate, tgt: Target, timed: list[str], busy: str | None) -> list[str]:
-    """Where the step times come from."""
+def _time_notes(top: Candidate, tgt: Target, timed: list[str], busy: str | None,
+                untimed: str | None = None) -> list[str]:
+    """Where the step times come from (`untimed`: why steps were not timed)."""
     if tgt.kind in ("gpu", "flops") and tgt.profile is not None:
         return [
             f"time: {tgt.source} peak x default MFU by model size "
@@ -82,20 +84,52 @@ def _time_notes(top: Candidate, tgt: Target, timed: list[str], busy: str | None)
         return []
     if not timed:
         return ["time: estimated from the measured matmul peak x an efficiency by model size "
-                "(not timed)"]
+                f"(not timed{': ' + untimed if untimed else ''})"]
     notes = [f"time: timed real steps of {len(timed)} candidates on this machine; the others "
              "are scaled by the measured/estimated ratio"]
     return notes + ([busy] if busy else [])
 
 
 def plan_notes(top: Candidate, ctx: PlanContext, data_description: str, data: DataConfig,
-               data_given: bool, timed: list[str], busy: str | None) -> list[str]:
+               data_given: bool, timed: list[str], busy: str | None,
+               untimed: str | None = None) -> list[str]:
     """The notes of a plan whose best candidate is `top`, in the order they are shown."""
     return (
         [data_description, _loss_note(ctx, data, data_given)]
         + _top_notes(top, ctx.target)
-        + _time_notes(top, ctx.target, timed, busy)
+        + _time_notes(top, ctx.target, timed, busy, untimed)
     )
+
+
+def size_limit_note(top: Candidate, n_optimal: float, tgt: Target, law: laws.LossLaw,
+                    bad: list[Candidate], fell_back: bool) -> str | None:
+    """Why the top candidate is far smaller than the compute-optimal size `n_optimal` (in the
+    law's parameter count): larger models do not fit one device, or the ladder ends."""
+    n_top = law.n_of(top.params, top.non_embedding_params)
+    if n_optimal <= 2 * n_top:
+        return None
+    bigger_did_not_fit = fell_back or any(
+        c.reason.startswith("does not fit") and c.shape.approx_params > top.shape.approx_params
+        for c in bad
+    )
+    if bigger_did_not_fit and tgt.memory_limit is not None and tgt.memory_bytes:
+        where = ("one GPU" if tgt.device == "cuda" else "this machine's memory")
+        more = ("more GPUs holding the model's weights between them (sharding), which the "
+                "trainer does not do yet (--gpus only adds data-parallel replicas)"
+                if tgt.device == "cuda" else "more memory")
+        return (
+            f"memory: the compute-optimal model for this budget (~{format_count(n_optimal)} "
+            f"params) does not fit in {where} ({tgt.memory_limit / 2**30:.0f} of "
+            f"{tgt.memory_bytes / 2**30:.0f} GiB usable): planned the largest that fit "
+            f"({format_count(top.params)} params) on more tokens; a larger model needs {more}"
+        )
+    if top.shape.approx_params * LADDER_SPAN >= ladder()[-1].approx_params:
+        return (
+            f"size: this budget's compute-optimal model (~{format_count(n_optimal)} params) is "
+            f"beyond the largest shape planned ({ladder()[-1].name}): planned the largest ones, "
+            "trained on more tokens"
+        )
+    return None
 
 
 def why_nothing(budget: Budget, tgt: Target, bad: list[Candidate]) -> str:

@@ -13,7 +13,7 @@ from budgetlm.errors import UserError
 from budgetlm.plan.budget import Budget, Target, resolve_target
 from budgetlm.plan.files import PlanFile
 from budgetlm.plan.ladder import LADDER_SPAN, Shape, ladder
-from budgetlm.plan.notes import plan_notes, why_nothing
+from budgetlm.plan.notes import plan_notes, size_limit_note, why_nothing
 from budgetlm.plan.pareto import pareto
 from budgetlm.plan.pricing import (
     Candidate,
@@ -26,7 +26,7 @@ from budgetlm.plan.pricing import (
     seq_lens_for,
 )
 from budgetlm.plan.recipe import predicted, run_config
-from budgetlm.plan.timing import busy_note, time_and_rescale
+from budgetlm.plan.timing import TIMING_SECONDS, busy_note, time_and_rescale
 from budgetlm.units import write_json
 
 DEFAULT_GPU_VOCAB = 32768  # a 32k BPE when no data is given (Chinchilla used a 32k vocabulary)
@@ -154,18 +154,63 @@ def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
             raise UserError(f"--precision: unknown precision {p!r}; one of {', '.join(PRECISIONS)}")
 
 
-def _shapes_to_price(law: laws.LossLaw, tgt: Target, precs: list[str],
-                     unique: int | None) -> list[Shape]:
-    """Rungs within LADDER_SPAN of the rough optimum, and always the smallest (so "too small"
-    names the smallest model)."""
+def _window(law: laws.LossLaw, tgt: Target, precs: list[str],
+            unique: int | None) -> list[Shape]:
+    """Rungs within LADDER_SPAN of the rough compute-optimal size (held inside the ladder, so a
+    budget beyond its ends prices its largest or smallest rungs)."""
     n_opt, _ = laws.data_constrained_optimal(law, rough_compute(tgt, precs), unique)
-    shapes = [
-        s for s in ladder()
-        if n_opt / LADDER_SPAN <= s.approx_params <= n_opt * LADDER_SPAN
-    ] or list(ladder()[:3])
-    if ladder()[0] not in shapes:
-        shapes.insert(0, ladder()[0])
-    return shapes
+    rungs = ladder()
+    n = min(max(n_opt, rungs[0].approx_params), rungs[-1].approx_params)
+    return [s for s in rungs if n / LADDER_SPAN <= s.approx_params <= n * LADDER_SPAN]
+
+
+def _price(shapes: list[Shape], precs: list[str], seq_lens: list[int] | None,
+           ctx: PlanContext) -> tuple[list[Candidate], list[Candidate]]:
+    """(candidates that fit in memory, those that do not) of `shapes`."""
+    fit: list[Candidate] = []
+    no_fit: list[Candidate] = []
+    for s in shapes:
+        for T in seq_lens_for(ctx.target, s.approx_params, seq_lens):
+            for c in price_candidates(s, T, precs, ctx):
+                (fit if c.feasible else no_fit).append(c)
+    return fit, no_fit
+
+
+def _largest_fitting(below: float, precs: list[str], seq_lens: list[int] | None,
+                     ctx: PlanContext) -> tuple[list[Candidate], list[Candidate]]:
+    """The largest rungs smaller than `below` parameters that fit in memory: from the largest
+    that fits down to LADDER_SPAN below it (what a budget too large for one device buys)."""
+    fit: list[Candidate] = []
+    no_fit: list[Candidate] = []
+    largest = None
+    for s in reversed(ladder()):
+        if s.approx_params >= below:
+            continue
+        if largest is not None and s.approx_params < largest / LADDER_SPAN:
+            break
+        ok, bad = _price([s], precs, seq_lens, ctx)
+        fit += ok
+        no_fit += bad
+        if ok and largest is None:
+            largest = s.approx_params
+    return fit, no_fit
+
+
+def _candidates(law: laws.LossLaw, ctx: PlanContext, precs: list[str],
+                seq_lens: list[int] | None) -> tuple[list[Candidate], list[Candidate], bool]:
+    """(priced candidates that fit, those that do not, whether the window around the optimum
+    held nothing that fits one device so the largest shapes that fit were priced instead).
+    The smallest rung is always priced (so "too small" names the smallest model)."""
+    window = _window(law, ctx.target, precs, ctx.unique)
+    setups, no_fit = _price(window, precs, seq_lens, ctx)
+    fell_back = False
+    if window and not setups and ctx.target.memory_strict:
+        more, more_bad = _largest_fitting(window[0].approx_params, precs, seq_lens, ctx)
+        setups, no_fit, fell_back = more + setups, more_bad + no_fit, bool(more)
+    if all(c.shape != ladder()[0] for c in setups + no_fit):
+        ok, bad = _price([ladder()[0]], precs, seq_lens, ctx)
+        setups, no_fit = ok + setups, bad + no_fit
+    return setups, no_fit, fell_back
 
 
 def _finish_all(setups: list[Candidate],
@@ -195,6 +240,11 @@ def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None) -> dict[str,
         optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
                                        "epochs": laws.epochs(d_dc, unique)}
     return optimum
+
+
+def _optimal_params(optimum: dict[str, Any]) -> float:
+    """The compute-optimal size of `_optimum` (the data-constrained one when data is limited)."""
+    return float((optimum.get("data_constrained") or optimum["closed_form"])["params"])
 
 
 def _fitted_defaults(law: laws.LossLaw, seq_lens: list[int] | None,
@@ -232,7 +282,9 @@ def plan(
     Chinchilla-form law fitted on this corpus ({E, A, B, alpha, beta}), which replaces the prior.
     profile: a HardwareProfile to plan on instead of this machine's / the named GPU's.
     timing: time real steps of the best few candidates (--time budgets only; default on for
-    those when this machine's profile is used); timing_top: how many are timed exactly.
+    those when this machine's profile is used and the budget is longer than the timing,
+    TIMING_SECONDS; a budget the estimates say buys nothing is refused before any timing);
+    timing_top: how many are timed exactly.
     spend_planning: a --time budget that counts from now: the time this planning takes (the
     timing of steps above all) comes out of the run's wall time.
     """
@@ -248,19 +300,17 @@ def plan(
     precs = precisions_for(tgt, precisions)
     if not precs:
         raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
-    setups: list[Candidate] = []
-    infeasible: list[Candidate] = []
-    for s in _shapes_to_price(law, tgt, precs, info.unique):
-        for T in seq_lens_for(tgt, s.approx_params, seq_lens):
-            for c in price_candidates(s, T, precs, ctx):
-                (setups if c.feasible else infeasible).append(c)
+    setups, infeasible, fell_back = _candidates(law, ctx, precs, seq_lens)
     t_finish = time.perf_counter()
     ranked, too_small = _finish_all(setups, ctx)
     t_finish = time.perf_counter() - t_finish
     timed: list[str] = []
     busy = None
+    # timing steps is not worth more than the run itself: a short budget is priced untimed
+    short = (timing is None and tgt.kind == "time" and profile is None
+             and float(tgt.wall_seconds or 0.0) < TIMING_SECONDS)
     if timing is None:
-        timing = tgt.kind == "time" and profile is None
+        timing = tgt.kind == "time" and profile is None and not short
     if timing and tgt.kind == "time" and ranked:
         timed = time_and_rescale(setups, ranked, ctx, timing_top)
         if spend_planning and tgt.wall_seconds is not None:
@@ -272,13 +322,18 @@ def plan(
     if not ranked:
         raise UserError(why_nothing(budget, tgt, infeasible))
     axes = ("loss", "seconds", "memory_bytes") if tgt.kind == "flops" else ("loss", "memory_bytes")
+    untimed = (f"the budget is shorter than timing steps on this machine takes, up to "
+               f"{TIMING_SECONDS:.0f} s; --timing times them anyway") if short else None
     notes = list(tgt.notes) + plan_notes(ranked[0], ctx, info.description, info.config,
-                                         info.given, timed, busy)
+                                         info.given, timed, busy, untimed)
+    optimum = _optimum(law, ranked[0], info.unique)
+    limit = size_limit_note(ranked[0], _optimal_params(optimum), tgt, law, infeasible, fell_back)
+    notes += [limit] if limit else []
     return Plan(
         budget=budget, target=tgt, law=law, data=info.config, data_given=info.given,
         unique_tokens=info.unique, vocab_size=info.vocab, candidates=ranked,
         infeasible=infeasible, front=pareto(ranked, axes), pareto_axes=axes,
-        optimum=_optimum(law, ranked[0], info.unique), notes=notes, timed=timed,
+        optimum=optimum, notes=notes, timed=timed,
         optimizer=optimizer, schedule=schedule, family=family, seed=seed,
         elapsed_s=time.perf_counter() - t0,
     )

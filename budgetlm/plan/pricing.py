@@ -14,7 +14,13 @@ from typing import Any
 from budgetlm import laws
 from budgetlm.config import ModelConfig, OptimConfig, RunConfig, TrainConfig, tokens_per_step
 from budgetlm.errors import UserError
-from budgetlm.estimate import count_params, memory_breakdown, model_flops_per_token, step_time
+from budgetlm.estimate import (
+    count_params,
+    memory_breakdown,
+    memory_phase_totals,
+    model_flops_per_token,
+    step_time,
+)
 from budgetlm.plan.budget import Target
 from budgetlm.plan.files import CandidateRecord
 from budgetlm.plan.ladder import Shape
@@ -101,13 +107,13 @@ class PlanContext:
 
 @dataclass(frozen=True)
 class AffineMemory:
-    """memory(mb) = at1 + (mb - 1) · per_sequence bytes."""
+    """memory(mb) = the largest over the phases of a step of at1 + (mb - 1) · per_sequence
+    bytes: each phase's memory is affine in the micro-batch, their maximum is not."""
 
-    at1: int
-    per_sequence: int
+    lines: tuple[tuple[int, int], ...]  # (at1, per_sequence) of each phase
 
     def __call__(self, mb: int) -> int:
-        return self.at1 + (mb - 1) * self.per_sequence
+        return max(at1 + (mb - 1) * per_sequence for at1, per_sequence in self.lines)
 
     def largest_pow2(self, limit: float, cap: int) -> int:
         """The largest power-of-two micro-batch up to `cap` whose memory is within `limit`."""
@@ -156,11 +162,10 @@ def price_candidates(shape: Shape, seq_len: int, precisions: list[str],
 
 def _affine_memory(base: RunConfig, precision: str, checkpointing: bool,
                    device: str) -> AffineMemory:
-    m1 = memory_breakdown(base, micro_batch=1, precision=precision,
-                          checkpointing=checkpointing, device=device).total
-    m2 = memory_breakdown(base, micro_batch=2, precision=precision,
-                          checkpointing=checkpointing, device=device).total
-    return AffineMemory(m1, m2 - m1)
+    at1, at2 = (memory_phase_totals(memory_breakdown(base, micro_batch=mb, precision=precision,
+                                                     checkpointing=checkpointing, device=device),
+                                    device) for mb in (1, 2))
+    return AffineMemory(tuple((at1[p], at2[p] - at1[p]) for p in at1))
 
 
 def _price_in(shape: Shape, m: ModelConfig, precision: str,

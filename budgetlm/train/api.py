@@ -30,12 +30,14 @@ TRAIN_FLAGS = {
     "max_time": "train.max_time", "max_steps": "train.max_steps", "max_tokens": "train.max_tokens",
 }
 POSITIVE_FLAGS = ("max_time", "max_steps", "max_tokens")
+DEFAULT_PRESET = "tiny"  # `budgetlm train` without a CONFIG
 
 
-def resolve_train_config(spec: str, overrides: list[str] | None = None,
+def resolve_train_config(spec: str | None, overrides: list[str] | None = None,
                          resume: Path | None = None, **flags: Any) -> RunConfig:
-    """Config from a preset or file (or the run being resumed), then flags (`TRAIN_FLAGS`: data,
-    val_data, tokenizer, max_time, max_steps, max_tokens; None: not given), then `--set`s."""
+    """Config from a preset or file (None: the default preset, `DEFAULT_PRESET`), or, with
+    `resume`, the run's own config.yaml; then flags (`TRAIN_FLAGS`: data, val_data, tokenizer,
+    max_time, max_steps, max_tokens; None: not given), then `--set`s."""
     values: dict[str, Any] = {}
     for name, value in flags.items():
         if name not in TRAIN_FLAGS:
@@ -46,10 +48,14 @@ def resolve_train_config(spec: str, overrides: list[str] | None = None,
             raise UserError(f"--{name.replace('_', '-')}: must be positive, got {value}")
         values[TRAIN_FLAGS[name]] = value
     if resume is not None:
-        RunDir(resume).require_checkpoint()
+        RunDir(resume).require_run()
+        if spec is not None:
+            raise UserError(
+                f"--resume continues {resume}'s own config; drop CONFIG ({spec}) or use --set"
+            )
         cfg = load_config(str(Path(resume) / "config.yaml"))
     else:
-        cfg = load_config(spec)
+        cfg = load_config(spec if spec is not None else DEFAULT_PRESET)
     cfg = with_values(cfg, values, source="--set")
     return with_overrides(cfg, list(overrides or []))
 
@@ -66,6 +72,13 @@ def train(
     `on_eval` receives each eval record (step, tokens, elapsed, val_loss, val_bpb); raising
     KeyboardInterrupt from it stops the run as Ctrl-C would (checkpoint saved, status interrupted).
     """
+    if resume is not None and run_dir is not None and (
+        Path(run_dir).resolve() != Path(resume).resolve()
+    ):
+        raise UserError(
+            f"--run-dir {run_dir} with --resume {resume}: a resumed run continues in its own "
+            "directory; drop --run-dir"
+        )
     if not cfg.train.has_cap and resume is None:
         raise UserError(
             "train: no cap set; give one of train.max_steps, max_tokens, max_flops or max_time"
@@ -77,7 +90,11 @@ def train(
         progress,
     )
     state.on_eval = on_eval
-    return run_loop(state)
+    try:
+        return run_loop(state)
+    except BaseException:
+        state.run.discard_if_unused()  # a run refused before its first write leaves nothing
+        raise
 
 
 def sample_text(

@@ -16,7 +16,7 @@ from typing import Any
 from budgetlm import model as models  # looked up at call time: a trial's fault hook patches it
 from budgetlm.config import with_values
 from budgetlm.errors import UserError
-from budgetlm.estimate import estimate, model_flops_per_token
+from budgetlm.estimate import estimate, memory_breakdown, model_flops_per_token
 from budgetlm.optim import build_optimizer, clip_grad_norm, lr_factor, set_lr
 from budgetlm.train.batches import draw_batch, evaluate, resolve_micro_batch
 from budgetlm.train.progress import progress_bar
@@ -24,6 +24,7 @@ from budgetlm.train.result import TrainResult, build_result
 from budgetlm.train.rundir import environment, load_checkpoint
 from budgetlm.train.runtime import autocast_ctx
 from budgetlm.train.state import Counters, RunState, StopRun, rng_state, set_rng_state
+from budgetlm.units import human_bytes
 
 
 @dataclass
@@ -48,10 +49,28 @@ def _init_weights_from(model: Any, path: str) -> None:
         raise UserError(f"train.init_from: checkpoint does not match the model ({first})") from None
 
 
+def check_it_fits(s: RunState) -> None:
+    """Refuse, before building anything, a model this machine cannot hold: the estimator's
+    tensor peak (exact on CPU) against the memory of the device the profile describes. Sizes
+    beyond any hardware are refused by the estimator itself."""
+    mem = memory_breakdown(s.cfg)
+    p = s.profile
+    if p is None or p.device != s.device or not p.device_memory_bytes:
+        return
+    if mem.tensor_peak > p.device_memory_bytes:
+        raise UserError(
+            f"train: {s.cfg.name} needs about {human_bytes(mem.tensor_peak)} at its peak "
+            f"({mem.peak_phase}); this {s.device} has {human_bytes(p.device_memory_bytes)} "
+            "(see budgetlm estimate; try a smaller model.* or train.micro_batch, or "
+            "train.activation_checkpointing=true)"
+        )
+
+
 def build_engine(s: RunState) -> Engine:
     """Model (from init_from unless resuming), optimizer, resolved micro-batch, DDP, compile."""
     import torch
 
+    check_it_fits(s)
     cfg, t = s.cfg, s.cfg.train
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model).to(s.device)
@@ -83,21 +102,44 @@ def build_engine(s: RunState) -> Engine:
 def resume_or_create(s: RunState, e: Engine) -> Counters:
     """Counters from the checkpoint being resumed (weights, optimizer, RNG restored), or a new
     run directory with the resolved config, environment and tokenizer."""
+    if s.dist.main:
+        for name in s.unreadable:
+            s.run.set_aside(name)
     if s.resume_state is None:
         if s.dist.main:
+            s.say_resume()
             s.run.create(s.cfg, environment(s.profile.to_dict() if s.profile else None))
             s.corpus.tokenizer.save(s.run.path / "tokenizer")
+            if s.restart:
+                s.run.truncate_metrics(0)
         return Counters()
     st = s.resume_state
-    e.raw_model.load_state_dict(st["model"])
-    e.opt.load_state_dict(st["optimizer"])
-    if st.get("scaler"):
-        e.scaler.load_state_dict(st["scaler"])
+    _load_resumed(s, e, st)
+    s.say_resume()
     set_rng_state(st["rng"])
     c = Counters(**st["counters"])
     if s.dist.main:
         s.run.truncate_metrics(c.step)
     return c
+
+
+def _load_resumed(s: RunState, e: Engine, st: dict[str, Any]) -> None:
+    """Weights, optimizer and scaler state of the resumed checkpoint; a UserError when the run's
+    config.yaml no longer describes the model or optimizer it saved."""
+    try:
+        e.raw_model.load_state_dict(st["model"])
+        e.opt.load_state_dict(st["optimizer"])
+        if st.get("scaler"):
+            e.scaler.load_state_dict(st["scaler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        saved = (st.get("config") or {}).get("model") or {}
+        now = s.cfg.model.model_dump(mode="json")
+        changed = [f"model.{k}: {v} -> {now.get(k)}" for k, v in saved.items() if v != now.get(k)]
+        why = ", ".join(changed[:4]) if changed else str(exc).strip().splitlines()[0][:200]
+        raise UserError(
+            f"--resume {s.run.path}: config.yaml no longer matches the checkpoint ({why}); "
+            "restore the config or start a new --run-dir"
+        ) from None
 
 
 class TrainingLoop:
@@ -115,11 +157,13 @@ class TrainingLoop:
         self.total_steps = t.max_steps if by_steps else None  # nanoGPT-style decay after warmup
         self.status, self.reason = "completed", ""
         self.step_times: list[float] = []
+        self.micros_done = 0  # micro-steps of the step under way
         self.data_seconds = 0.0  # host time drawing batches: shows whether data loading stalls
         self.elapsed_before = c.train_seconds
         self.loop_start = time.perf_counter()
         self.last_eval_time = self.loop_start
         self.last_eval_step = c.step if s.resume_state is not None else -1
+        self.last_ckpt_time = self.loop_start
 
     def checkpoint_state(self) -> dict[str, Any]:
         e = self.e
@@ -162,6 +206,9 @@ class TrainingLoop:
         p = s.cap_progress(c.step, c.tokens, c.flops, self.elapsed())
         lr = set_lr(self.e.opt, lr_factor(s.cfg.schedule, p, c.step, total_steps=self.total_steps))
         loss = self.accumulate_and_step()
+        if loss is None:
+            self.reason = "max_time" if c.step > 0 else self.no_step_fits()
+            return False
         c.step += 1
         c.tokens += self.tokens_per_step
         c.flops += self.flops_per_token * self.tokens_per_step
@@ -176,21 +223,62 @@ class TrainingLoop:
             })
         if not self.eval_if_due():
             return False
-        t = s.cfg.train
-        if t.checkpoint_interval and c.step % t.checkpoint_interval == 0 and s.dist.main:
-            s.run.save_checkpoint(self.checkpoint_state(), c.step, t.keep_last)
+        self.checkpoint_if_due()
         if bar is not None:
             bar.update(s, c, p)
         return True
 
+    def checkpoint_if_due(self) -> None:
+        """A checkpoint every checkpoint_interval steps or checkpoint_seconds of training,
+        whichever comes first."""
+        s, c, t = self.s, self.c, self.s.cfg.train
+        now = time.perf_counter()
+        by_steps = t.checkpoint_interval is not None and c.step % t.checkpoint_interval == 0
+        by_time = t.checkpoint_seconds is not None and (
+            now - self.last_ckpt_time >= t.checkpoint_seconds
+        )
+        if not (by_steps or by_time):
+            return
+        if s.dist.main:
+            s.run.save_checkpoint(self.checkpoint_state(), c.step, t.keep_last)
+        self.last_ckpt_time = time.perf_counter()
+
+    def out_of_time(self) -> bool:
+        """The time cap reached (between micro-steps); every rank takes the same answer."""
+        max_time = self.s.cfg.train.max_time
+        if max_time is None:
+            return False
+        up = self.elapsed() >= max_time
+        if self.s.dist.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor(float(up), device=self.s.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            up = bool(flag.item())
+        return up
+
+    def no_step_fits(self) -> str:
+        t = self.s.cfg.train
+        return (
+            f"max_time: not one optimizer step finished within train.max_time={t.max_time:g} s "
+            f"(train.grad_accum={t.grad_accum} micro-steps; {self.micros_done} done); "
+            "lower train.grad_accum or raise the time cap"
+        )
+
     def accumulate_and_step(self) -> Any:
         """Forward and backward of this rank's micro-steps, then the optimizer step; the mean
-        micro-step loss (a detached tensor)."""
+        micro-step loss (a detached tensor), or None when the time cap came between micro-steps:
+        the unfinished step is abandoned (its gradients dropped, never applied)."""
         import torch
 
         s, e = self.s, self.e
         loss_acc = torch.zeros((), device=s.device)
+        self.micros_done = 0
         for i, m in enumerate(e.my_micros):
+            if i > 0 and self.out_of_time():
+                e.opt.zero_grad(set_to_none=True)
+                return None
             t_data = time.perf_counter()
             x, y = draw_batch(s, s.corpus.train, e.micro_batch, self.c.step, m)
             self.data_seconds += time.perf_counter() - t_data
@@ -202,6 +290,7 @@ class TrainingLoop:
                 loss = loss / len(e.my_micros)
                 e.scaler.scale(loss).backward()
             loss_acc += loss.detach()
+            self.micros_done = i + 1
         if s.cfg.optim.grad_clip is not None:
             e.scaler.unscale_(e.opt)
             clip_grad_norm(e.raw_model, s.cfg.optim.grad_clip)
@@ -261,11 +350,11 @@ def eval_and_track(
     loss, bpb = evaluate(s, e.raw_model, e.micro_batch)
     c.last_val, c.last_bpb = loss, bpb
     improved = loss < c.best_val - t.min_delta
+    c.bad_evals = 0 if improved else c.bad_evals + 1
     if loss < c.best_val:
         c.best_val, c.best_bpb = loss, bpb
         if s.dist.main and math.isfinite(loss):
             s.run.save_best(state_fn())
-    c.bad_evals = 0 if improved else c.bad_evals + 1
     record = {
         "kind": "eval", "step": c.step, "tokens": c.tokens, "val_loss": loss, "val_bpb": bpb,
         "elapsed": c.train_seconds, "flops": c.flops, "final": final,

@@ -4,13 +4,16 @@ Layout (DESIGN §8):
     config.yaml      the resolved RunConfig (runnable as is)
     env.json         python/torch versions, git sha, hardware profile
     metrics.jsonl    one JSON object per log or eval line
-    checkpoints/     step_XXXXXXXX.pt (last k) and best.pt, each written then renamed
+    checkpoints/     step_XXXXXXXX.pt (last k) and best.pt, each written then renamed; written
+                     every train.checkpoint_interval steps or checkpoint_seconds of training;
+                     one found unloadable on --resume is renamed NAME.unreadable
     tokenizer/       the tokenizer the run used
     result.json      final metrics, predicted vs measured
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -67,6 +70,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.made = False  # prepare_new created the directory
 
     @property
     def ckpt_dir(self) -> Path:
@@ -75,6 +79,57 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    def holds_run(self) -> bool:
+        """True when a run already wrote here (config, metrics or checkpoints)."""
+        if (self.path / "config.yaml").exists() or self.metrics_path.exists():
+            return True
+        return self.ckpt_dir.is_dir() and any(self.ckpt_dir.iterdir())
+
+    def prepare_new(self) -> None:
+        """Make the directory of a new run: refused when it is a file or already holds a run,
+        or when it cannot be created."""
+        where = f"--run-dir {self.path}"
+        try:
+            if self.path.exists() and not self.path.is_dir():
+                raise UserError(f"{where}: is a file, not a directory")
+            if self.holds_run():
+                raise UserError(
+                    f"{self.path} already holds a run; use --resume {self.path} or a new --run-dir"
+                )
+            self.made = not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:
+            raise UserError(f"{where}: permission denied ({exc.filename or self.path})") from None
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise UserError(f"{where}: {exc.filename or self.path} is not a directory") from None
+        except OSError as exc:
+            raise UserError(f"{where}: cannot create it ({exc.strerror or exc})") from None
+
+    def discard_if_unused(self) -> None:
+        """Remove the directory `prepare_new` made when the run failed before writing to it."""
+        if not self.made:
+            return
+        try:
+            if self.ckpt_dir.is_dir() and not any(self.ckpt_dir.iterdir()):
+                self.ckpt_dir.rmdir()
+            if not any(self.path.iterdir()):
+                self.path.rmdir()
+        except OSError:
+            pass
+
+    def require_run(self) -> None:
+        """`--resume`: the directory must be a run directory (hold its config.yaml)."""
+        try:
+            is_dir, has_config = self.path.is_dir(), (self.path / "config.yaml").is_file()
+        except PermissionError:
+            raise UserError(f"--resume {self.path}: permission denied") from None
+        if not is_dir:
+            raise UserError(f"--resume {self.path}: no such run directory")
+        if not has_config:
+            raise UserError(
+                f"--resume {self.path}: not a run directory (no config.yaml, no checkpoint)"
+            )
 
     def create(self, cfg: RunConfig, env: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -87,20 +142,21 @@ class RunDir:
             f.write(json.dumps(record, default=float) + "\n")
 
     def truncate_metrics(self, step: int) -> None:
-        """Keep metrics up to `step` (inclusive): what a resumed run will write again is dropped."""
+        """Keep metrics up to `step` (inclusive): what a resumed run will write again is dropped,
+        and so is a line torn by a kill or a full disk."""
         if not self.metrics_path.exists():
             return
         kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
+            line for line, rec in _parsed_lines(self.metrics_path)
+            if rec is not None and rec.get("step", 0) <= step
         ]
         atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The metrics records; a torn (unparsable) line is skipped."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        return [rec for _, rec in _parsed_lines(self.metrics_path) if rec is not None]
 
     def save_checkpoint(self, state: dict[str, Any], step: int, keep_last: int) -> Path:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -118,16 +174,85 @@ class RunDir:
         found = sorted(self.ckpt_dir.glob("step_*.pt")) if self.ckpt_dir.exists() else []
         return found[-1] if found else None
 
-    def require_checkpoint(self) -> Path:
-        if not self.path.is_dir():
-            raise UserError(f"--resume {self.path}: no such run directory")
-        ckpt = self.latest_checkpoint()
-        if ckpt is None:
-            raise UserError(f"--resume {self.path}: no checkpoint in {self.ckpt_dir}")
-        return ckpt
+    def checkpoints(self) -> list[Path]:
+        """Every checkpoint (step_*.pt and best.pt), the most recently written first."""
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = [*self.ckpt_dir.glob("step_*.pt"), *self.ckpt_dir.glob("best.pt")]
+
+        def key(p: Path) -> tuple[float, int, str]:
+            try:
+                mtime = p.stat().st_mtime
+            except OSError:
+                mtime = 0.0
+            return (mtime, p.name != "best.pt", p.name)
+
+        return sorted(found, key=key, reverse=True)
+
+    def load_resumable(self) -> tuple[dict[str, Any] | None, Path | None, list[tuple[Path, str]]]:
+        """The newest checkpoint that loads whole (falling back to older ones, then best.pt):
+        (state, its path, each newer one passed over with why). (None, None, []) when there is
+        none; a UserError when there are checkpoints but none loads."""
+        skipped: list[tuple[Path, str]] = []
+        candidates = self.checkpoints()
+        for path in candidates:
+            try:
+                state = _load_state(path)
+            except UnreadableCheckpoint as exc:
+                skipped.append((path, str(exc)))
+                continue
+            return state, path, skipped
+        if candidates:
+            why = "; ".join(f"{p.name} {reason}" for p, reason in skipped)
+            raise UserError(
+                f"--resume {self.path}: no loadable checkpoint ({why}); start a new --run-dir"
+            )
+        return None, None, []
+
+    def set_aside(self, name: str) -> None:
+        """Rename an unloadable checkpoint to NAME.unreadable: kept for a look, never loaded or
+        counted among the last k again."""
+        path = self.ckpt_dir / name
+        with contextlib.suppress(OSError):
+            path.rename(path.with_name(path.name + ".unreadable"))
 
     def write_result(self, result: dict[str, Any]) -> None:
         write_json(self.path / "result.json", result)
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that is truncated, corrupt, unreadable or not a training state."""
+
+
+RESUME_KEYS = ("model", "optimizer", "counters", "rng")
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError:
+        raise UnreadableCheckpoint("(permission denied)") from None
+    except Exception as exc:  # truncated, corrupt or a foreign file
+        raise UnreadableCheckpoint(f"is unreadable ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or any(k not in state for k in RESUME_KEYS):
+        raise UnreadableCheckpoint("is not a training checkpoint")
+    return state
+
+
+def _parsed_lines(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each non-blank line of a JSON-lines file with its record (None: torn or not an object)."""
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        out.append((line, rec if isinstance(rec, dict) else None))
+    return out
 
 
 def _save_whole(state: dict[str, Any], path: Path) -> None:
@@ -153,5 +278,7 @@ def load_checkpoint(path: str | Path, what: str = "init_from") -> dict[str, Any]
         raise UserError(f"{what} {p}: no such checkpoint")
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
+    except PermissionError:
+        raise UserError(f"{what} {p}: permission denied") from None
     except Exception as exc:  # a truncated or foreign file
         raise UserError(f"{what} {p}: not a budgetlm checkpoint ({type(exc).__name__})") from None

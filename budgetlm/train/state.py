@@ -4,6 +4,7 @@ that read the caps (how far along the run is, whether it must stop)."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 from budgetlm.config import RunConfig, with_values
 from budgetlm.data import load_corpus
 from budgetlm.errors import UserError
-from budgetlm.train.rundir import RunDir, default_run_dir, load_checkpoint
+from budgetlm.train.rundir import RunDir, default_run_dir
 from budgetlm.train.runtime import init_distributed, machine_profile, pick_device
 
 
@@ -47,11 +48,31 @@ class RunState:
     corpus, hardware profile, run directory and, when resuming, the checkpoint to resume."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None, resume: Path | None, progress: bool):
-        import torch
-
         self.t_start = time.perf_counter()
         self.device = pick_device(cfg.train.device)
         self.dist = init_distributed(self.device)
+        self.resume_state: dict[str, Any] | None = None
+        self.unreadable: list[str] = []  # checkpoints passed over on resume
+        self.restart = False  # --resume of a run killed before its first checkpoint
+        self.resume_note = ""  # which checkpoint a resumed run continues from, for stderr
+        if resume is not None:
+            self.run = RunDir(resume)
+            self.open_resume()
+        else:
+            self.run = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
+            if self.dist.main:
+                self.run.prepare_new()
+        try:
+            self.load(cfg, progress)
+        except BaseException:
+            self.run.discard_if_unused()
+            raise
+
+    def load(self, cfg: RunConfig, progress: bool) -> None:
+        """Threads, TF32, the corpus (the config's vocabulary set from its tokenizer), the
+        hardware profile."""
+        import torch
+
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         if self.device == "cuda":
@@ -65,15 +86,33 @@ class RunState:
             vocab += 1
         if cfg.model.vocab_size != vocab:
             cfg = with_values(cfg, {"model.vocab_size": vocab})
-        self.resume_state: dict[str, Any] | None = None
-        if resume is not None:
-            run_dir = Path(resume)
-            self.resume_state = load_checkpoint(RunDir(run_dir).require_checkpoint(), "--resume")
         self.cfg = cfg
         self.progress = progress
         self.profile = machine_profile()
-        self.run = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
         self.on_eval: Callable[[dict[str, Any]], None] | None = None
+
+    def open_resume(self) -> None:
+        """Load the newest loadable checkpoint of the run being resumed; `resume_note` says which
+        one (and which were passed over), or that the run starts again from step 0."""
+        run = self.run
+        run.require_run()
+        state, path, skipped = run.load_resumable()
+        self.unreadable = [p.name for p, _ in skipped]
+        passed = ", ".join(f"{p.name} {why}" for p, why in skipped)
+        passed = f"; passed over {passed}" if passed else ""
+        if state is None or path is None:
+            self.restart = True
+            note = f"resume {run.path}: no checkpoint yet; starting again from step 0"
+        else:
+            self.resume_state = state
+            step = state["counters"].get("step", 0)
+            note = f"resume {run.path}: continuing from step {step} ({path.name}){passed}"
+        self.resume_note = note if self.dist.main else ""
+
+    def say_resume(self) -> None:
+        """One line on stderr: the checkpoint a resumed run continues from."""
+        if self.resume_note:
+            print(self.resume_note, file=sys.stderr, flush=True)
 
     def cap_progress(self, steps: int, tokens: int, flops: float, elapsed: float) -> float:
         """Elapsed fraction of the run, by the schedule's driver (auto: the cap closest to done)."""

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from budgetlm.tune.export import export_config, write_config
+from budgetlm.tune.export import check_output_file, export_config, write_config
 from budgetlm.tune.live import live_table
 from budgetlm.tune.report import write_outputs
 from budgetlm.tune.spec import Study
@@ -71,6 +71,7 @@ def report_study(study: Study) -> dict[str, Any]:
 def export_trial(study: Study, number: int | None, output: Any,
                  keep_time_cap: bool = False) -> Any:
     """Write trial `number`'s (default: the best) RunConfig to `output`; the config."""
+    check_output_file(Path(output))
     obj, _ = open_study(study, create=False)
     cfg = export_config(study, obj, number, keep_time_cap=keep_time_cap)
     which = f"trial {number}" if number is not None else "best trial"

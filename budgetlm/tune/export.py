@@ -39,19 +39,44 @@ def best_trial(study: Study, obj: Any) -> Any | None:
     return min(done, key=lambda t: (t.values[0], t.number))
 
 
-def export_config(
-    study: Study, obj: Any, number: int | None = None, keep_time_cap: bool = False
-) -> RunConfig:
-    """The RunConfig of trial `number` (default: the best), ready for `budgetlm train`."""
+def unfinished_line(trials: list[Any]) -> str:
+    """Why there is no best trial: 'no trial finished: 3 diverged' (how each trial ended)."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t.state.name == "WAITING":
+            continue
+        kind = t.user_attrs.get("outcome") or t.state.name.lower()
+        counts[kind] = counts.get(kind, 0) + 1
+    if not counts:
+        return "no trial finished: none has run yet"
+    return "no trial finished: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+
+def _chosen_trial(study: Study, obj: Any, number: int | None) -> Any:
+    """The best trial, or trial `number` when it finished; UserError saying why not."""
     if number is None:
         trial = best_trial(study, obj)
         if trial is None:
-            raise UserError(f"study {study.spec.name}: no completed trial yet")
-    else:
-        found = [t for t in all_trials(obj) if t.number == number]
-        if not found:
-            raise UserError(f"--trial {number}: study {study.spec.name} has no such trial")
-        trial = found[0]
+            raise UserError(f"study {study.spec.name}: {unfinished_line(all_trials(obj))}")
+        return trial
+    found = [t for t in all_trials(obj) if t.number == number]
+    if not found:
+        raise UserError(f"--trial {number}: study {study.spec.name} has no such trial")
+    trial = found[0]
+    if trial.state.name != "COMPLETE" or not trial.values:
+        kind = trial.user_attrs.get("outcome") or trial.state.name.lower()
+        reason = trial.user_attrs.get("reason")
+        why = kind if not reason else reason if reason.startswith(kind) else f"{kind}: {reason}"
+        raise UserError(f"--trial {number}: trial {number} did not finish ({why})")
+    return trial
+
+
+def export_config(
+    study: Study, obj: Any, number: int | None = None, keep_time_cap: bool = False
+) -> RunConfig:
+    """The RunConfig of trial `number` (default: the best), ready for `budgetlm train`; only a
+    trial that finished is exported."""
+    trial = _chosen_trial(study, obj, number)
     raw = trial.user_attrs.get("config")
     if raw is None:
         why = trial.user_attrs.get("reason", trial.state.name)
@@ -93,6 +118,24 @@ def export_config(
     return RunConfig.model_validate(d)
 
 
-def write_config(cfg: RunConfig, path: Path, note: str) -> Path:
-    """`cfg` as YAML under a `# note` line, written atomically."""
-    return atomic_write_text(path, f"# {note}\n" + to_yaml(cfg))
+def check_output_file(path: Path, flag: str = "--output") -> None:
+    """UserError unless `path` can be a file to write: not a directory, no file for a parent."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give a file path such as "
+                        f"{path / 'trial.yaml'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is not a directory")
+            break
+
+
+def write_config(cfg: RunConfig, path: Path, note: str, flag: str = "--output") -> Path:
+    """`cfg` as YAML under a `# note` line, written atomically; UserError naming `path` when
+    it cannot be written."""
+    check_output_file(path, flag)
+    try:
+        return atomic_write_text(path, f"# {note}\n" + to_yaml(cfg))
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write ({exc.strerror or exc})") from None

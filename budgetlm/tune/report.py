@@ -16,7 +16,14 @@ import math
 from typing import Any
 
 from budgetlm.tune import storage as st
-from budgetlm.tune.export import all_trials, best_trial, export_config, trial_values, write_config
+from budgetlm.tune.export import (
+    all_trials,
+    best_trial,
+    export_config,
+    trial_values,
+    unfinished_line,
+    write_config,
+)
 from budgetlm.tune.report_html import html_report, saved_line
 from budgetlm.tune.spec import Study
 from budgetlm.tune.trials import short_params
@@ -139,6 +146,7 @@ def summarize(study: Study, obj: Any) -> dict[str, Any]:
         "states": states,
         "outcomes": outcomes,
         "best": row(best) if best is not None else None,
+        "unfinished": unfinished_line(trials) if best is None else None,
         "pareto_front": [row(t) for t in pareto_front(obj)] if spec.multi else None,
         "top": [row(t) for t in sorted(
             (t for t in trials if t.state == TrialState.COMPLETE and t.values),
@@ -172,7 +180,8 @@ def write_outputs(study: Study, obj: Any) -> dict[str, Any]:
     if s["best"] is not None:
         cfg = export_config(study, obj)
         write_config(cfg, out / "best.yaml",
-                     f"best trial {s['best']['number']} of study {study.spec.name}")
+                     f"best trial {s['best']['number']} of study {study.spec.name}",
+                     flag="study output")
         files["best"] = str(out / "best.yaml")
     atomic_write_text(out / "report.html", html_report(study, obj, s))
     files["report"] = str(out / "report.html")
@@ -181,8 +190,10 @@ def write_outputs(study: Study, obj: Any) -> dict[str, Any]:
     return s
 
 
-def render_summary(console: Any, s: dict[str, Any], study: Study) -> None:
-    """The summary as a rich table and a few lines on `console`."""
+def render_summary(console: Any, s: dict[str, Any], study: Study,
+                   unfinished: bool = True) -> None:
+    """The summary as a rich table and a few lines on `console`; `unfinished`: say why there
+    is no best trial when none finished."""
     from rich import box
     from rich.table import Table
 
@@ -208,6 +219,8 @@ def render_summary(console: Any, s: dict[str, Any], study: Study) -> None:
         b = s["best"]
         console.print(f"best: trial {b['number']} {spec.objectives[0]} {b['values'][0]:.4f} "
                       f"({short_params(b['params'])})", highlight=False, soft_wrap=True)
+    elif unfinished and s.get("unfinished"):
+        console.print(f"[yellow]{s['unfinished']}[/]", highlight=False, soft_wrap=True)
     if s["importances"]:
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["importances"].items())[:4])
         console.print(f"importance ({s['importance_method']}): {top}", highlight=False,

@@ -101,7 +101,7 @@ def storage_exists(url: str) -> bool:
     return True
 
 
-def _wal(path: Path) -> None:
+def _wal(path: Path, url: str) -> None:
     for _ in range(20):
         try:
             con = sqlite3.connect(str(path), timeout=60)
@@ -112,8 +112,31 @@ def _wal(path: Path) -> None:
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc):
-                raise UserError(f"storage: cannot open {path}: {exc}") from None
+                raise UserError(f"storage {url}: cannot open {path}: {exc}") from None
             time.sleep(0.2)
+
+
+def make_storage_parent(url: str) -> None:
+    """Create the folder of a file storage (sqlite or journal); UserError naming the storage
+    when it cannot be created. Other storages: nothing to do."""
+    for path in (sqlite_path(url), journal_path(url)):
+        if path is not None:
+            _make_parent(path, url)
+
+
+def _make_parent(path: Path, url: str) -> None:
+    """Create the folder of a file storage; UserError naming the storage when it cannot be."""
+    if path.is_dir():
+        raise UserError(f"storage {url}: {path} is a directory, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = exc.filename or path.parent
+        why = (" is not a folder" if isinstance(exc, FileExistsError | NotADirectoryError)
+               else f": {(exc.strerror or str(exc)).lower()}")
+        raise UserError(
+            f"storage {url}: cannot create the folder {path.parent} ({where}{why})"
+        ) from None
 
 
 def open_storage(url: str, create: bool = True) -> Any:
@@ -125,7 +148,7 @@ def open_storage(url: str, create: bool = True) -> Any:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         if create:
-            jp.parent.mkdir(parents=True, exist_ok=True)
+            _make_parent(jp, url)
         try:
             return JournalStorage(JournalFileBackend(str(jp)))
         except OSError as exc:
@@ -134,8 +157,10 @@ def open_storage(url: str, create: bool = True) -> Any:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if sp is not None:
         if create:
-            sp.parent.mkdir(parents=True, exist_ok=True)
-        _wal(sp)
+            _make_parent(sp, url)
+        elif sp.is_dir():
+            raise UserError(f"storage {url}: {sp} is a directory, not a database file")
+        _wal(sp, url)
         kwargs = {"connect_args": {"timeout": 60}}
     try:
         return retry(optuna.storages.RDBStorage, url, engine_kwargs=kwargs)

@@ -142,7 +142,12 @@ class Tuner:
         """Start the launcher, load the profile and the data, open the study (failing stale
         trials, enqueuing the study file's parameter sets once)."""
         spec = self.spec
-        self.study.outdir.mkdir(parents=True, exist_ok=True)
+        st.make_storage_parent(self.study.storage_url)
+        try:
+            self.study.outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"study {spec.name}: cannot create the output folder "
+                            f"{self.study.outdir} ({exc.strerror or exc})") from None
         # The fork server imports torch while we measure/load the profile, data and storage.
         self.launcher = make_launcher(spec.launcher, log=self.study.outdir / "forkserver.log")
         self.profile = load_profile()
