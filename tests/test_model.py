@@ -273,3 +273,147 @@ def test_mlm_mask_trains_a_bert_step() -> None:
     _, loss = model(inputs, targets)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# grouped-query attention, qk-norm, sliding window, mixture of experts
+
+
+def _llama(**kw: object) -> ModelConfig:
+    base: dict[str, object] = dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                                   n_head=4, d_model=32, tie_embeddings=False)
+    base.update(kw)
+    return _cfg(**base)
+
+
+def test_gqa_shrinks_the_kv_projection_and_qk_norm_adds_two_vectors() -> None:
+    model = build_model(_llama(n_kv_head=1, d_head=6, qk_norm=True))
+    attn = model.blocks[0].attn
+    assert attn.c_attn.weight.shape == ((4 + 2 * 1) * 6, 32)
+    assert attn.c_proj.weight.shape == (32, 4 * 6)
+    names = [n for n, _ in model.blocks[0].named_parameters()]
+    assert names[:4] == ["ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight",
+                         "attn.q_norm.weight"]
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (6,)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k() -> None:
+    cfg = _llama(n_kv_head=2, qk_norm=True, n_layer=1)
+    model = build_model(cfg).eval()
+    idx = _tokens(cfg)
+    before = model(idx)
+    with torch.no_grad():
+        model.blocks[0].attn.c_attn.weight[: 4 * 8 + 2 * 8] *= 7.0  # q and k rows, not v
+    assert torch.allclose(model(idx), before, atol=1e-4)
+    plain = build_model(_llama(n_kv_head=2, n_layer=1)).eval()
+    before = plain(idx)
+    with torch.no_grad():
+        plain.blocks[0].attn.c_attn.weight[: 4 * 8 + 2 * 8] *= 7.0
+    assert not torch.allclose(plain(idx), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_sliding_window_sees_exactly_window_tokens_back(attention: str) -> None:
+    cfg = _llama(n_layer=1, sliding_window=4, attention=attention, n_kv_head=2)
+    model = build_model(cfg).eval()
+    idx = _tokens(cfg, batch=2)
+    changed = idx.clone()
+    changed[:, 3] = (changed[:, 3] + 1) % cfg.vocab_size
+    a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6)  # before: causal
+    for t in range(3, 7):  # positions 3..6 see token 3
+        assert not torch.allclose(a[:, t], b[:, t], atol=1e-6)
+    assert torch.allclose(a[:, 7:], b[:, 7:], atol=1e-6)  # 7 and later: out of the window
+
+
+def test_sliding_window_sdpa_equals_eager_and_long_window_is_causal() -> None:
+    sdpa = build_model(_llama(sliding_window=5, n_kv_head=2)).eval()
+    eager = build_model(_llama(sliding_window=5, n_kv_head=2, attention="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    idx = _tokens(sdpa.cfg)
+    assert torch.allclose(sdpa(idx), eager(idx), atol=1e-5)
+    full = build_model(_llama(n_kv_head=2)).eval()
+    full.load_state_dict(sdpa.state_dict())
+    wide = build_model(_llama(n_kv_head=2, sliding_window=12)).eval()
+    wide.load_state_dict(sdpa.state_dict())
+    assert torch.equal(full(idx), wide(idx))
+    assert not torch.allclose(full(idx), sdpa(idx), atol=1e-4)
+
+
+def _moe_cfg(**kw: object) -> ModelConfig:
+    base: dict[str, object] = dict(n_expert=4, n_expert_active=2, n_shared_expert=1,
+                                   d_expert=16, n_layer=2, n_dense_layer=1, n_kv_head=2)
+    base.update(kw)
+    return _llama(**base)
+
+
+@pytest.mark.parametrize("k,shared,mlp", [(1, 0, "swiglu"), (2, 1, "swiglu"), (3, 2, "gelu")])
+def test_moe_equals_a_token_by_token_reference(k: int, shared: int, mlp: str) -> None:
+    cfg = _moe_cfg(n_expert_active=k, n_shared_expert=shared, mlp=mlp)
+    moe = build_model(cfg).blocks[1].mlp
+    x = torch.randn(3, 5, cfg.d_model)
+    y, aux, counts = moe(x)
+    flat = x.view(-1, cfg.d_model)
+    ref = torch.zeros_like(flat)
+    seen = torch.zeros(cfg.n_expert, dtype=torch.long)
+    for n, tok in enumerate(flat):
+        probs = F.softmax(moe.router(tok), dim=-1)
+        top = probs.topk(k)
+        w = top.values / top.values.sum()
+        for weight, e in zip(w, top.indices, strict=True):
+            ref[n] += weight * moe.experts[int(e)](tok)
+            seen[int(e)] += 1
+        for s in moe.shared:
+            ref[n] += s(tok)
+    assert torch.allclose(y.view(-1, cfg.d_model), ref, atol=1e-5)
+    assert torch.equal(counts, seen) and int(counts.sum()) == 15 * k
+    p = F.softmax(moe.router(flat), dim=-1).mean(0).detach()
+    expected = cfg.n_expert * float((seen / (15 * k) * p).sum())
+    assert aux.detach().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_moe_aux_loss_is_one_when_balanced_and_enters_only_the_training_loss() -> None:
+    from budgetlm.model.mlp import balance_loss
+
+    probs = torch.full((8, 4), 0.25)
+    experts = torch.tensor([[0, 1], [2, 3]] * 4)
+    assert balance_loss(probs, experts, torch.bincount(experts.view(-1))).item() == 1.0
+    cfg = _moe_cfg(router_aux_coef=0.5)
+    model = build_model(cfg)
+    idx = _tokens(cfg)
+    model.train()
+    _, train_loss = model(idx, idx)
+    aux = model.aux_loss
+    assert aux is not None and aux.item() >= 1.0 - 1e-6  # n_expert · Σ f·P >= 1 (Cauchy-Schwarz)
+    model.eval()
+    logits, eval_loss = model(idx, idx)
+    plain = F.cross_entropy(logits.view(-1, cfg.vocab_size), idx.view(-1))
+    assert eval_loss.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert train_loss.item() == pytest.approx(eval_loss.item() + 0.5 * aux.item(), rel=1e-5)
+
+
+def test_first_blocks_stay_dense_and_expert_load_counts_training_tokens() -> None:
+    cfg = _moe_cfg(n_layer=3, n_dense_layer=2)
+    model = build_model(cfg)
+    assert [hasattr(b.mlp, "router") for b in model.blocks] == [False, False, True]
+    idx = _tokens(cfg)
+    model.train()
+    model(idx, idx)
+    model(idx, idx)
+    model.eval()
+    model(idx)
+    load = model.take_expert_load()
+    assert len(load) == 1 and sum(load[0]) == 2 * idx.numel() * cfg.n_expert_active
+    assert model.take_expert_load() == []
+
+
+def test_qkv_bias_puts_biases_on_q_k_v_only() -> None:
+    """Qwen2's layout: q, k and v projections biased, the output projection and MLP not."""
+    from budgetlm.estimate import count_params
+
+    m = ModelConfig(n_head=4, d_model=64, n_kv_head=2, bias=False, qkv_bias=True,
+                    positions="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False)
+    net = build_model(m)
+    biased = sorted(n for n, _ in net.named_parameters() if n.endswith(".bias"))
+    assert biased == [f"blocks.{i}.attn.c_attn.bias" for i in range(m.n_layer)]
+    assert sum(p.numel() for p in net.parameters()) == count_params(m).total

@@ -39,7 +39,13 @@ def profile(
 @app.command()
 @guarded
 def estimate(
-    config: Annotated[str, typer.Argument(help="preset name or RunConfig YAML file")],
+    config: Annotated[
+        str,
+        typer.Argument(
+            help="preset name, RunConfig YAML file, or a Hugging Face config.json (or the model "
+            "directory holding it)"
+        ),
+    ],
     micro_batch: Annotated[int | None, typer.Option("--micro-batch", "-b", min=1)] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32|bf16|fp16")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="optimizer name")] = None,
@@ -60,6 +66,9 @@ def estimate(
     ]
     cfg = load_config(config, sets)
     est = run_estimate(cfg, profile_for(gpu))
+    notes = cfg.meta.get("hf_not_described")
+    for note in notes if isinstance(notes, list) else []:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if json_out:
         print_json(est.to_dict())
         return

@@ -11,6 +11,7 @@ from budgetlm.cli.budget import data_config, parse_budget, parse_token_count
 from budgetlm.cli.plan_view import print_plan
 from budgetlm.cli.root import JsonOpt, app, console, err_console, guarded, print_json
 from budgetlm.plan import plan as run_plan
+from budgetlm.plan.arch import check_arch
 
 GpuHoursOpt = Annotated[
     str | None, typer.Option("--gpu-hours", metavar="H", help="GPU-hours of --gpu")
@@ -52,6 +53,11 @@ SeqLenOpt = Annotated[
 PrecisionOpt = Annotated[
     list[str] | None, typer.Option("--precision", help="precisions to try (repeatable)")
 ]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option("--arch", help="candidates' recipe: gpt2, llama or moe (default: llama on a "
+                 "GPU, gpt2 on a CPU or for --flops without --gpu)"),
+]
 ScheduleOpt = Annotated[str, typer.Option("--schedule", help="wsd (default) or cosine")]
 TimingOpt = Annotated[
     bool | None,
@@ -85,6 +91,7 @@ def plan(
     fit_file: FitOpt = None,
     seq_len: SeqLenOpt = None,
     precision: PrecisionOpt = None,
+    arch: ArchOpt = None,
     schedule_name: ScheduleOpt = "wsd",
     timing: TimingOpt = None,
     timing_alias: TimingAliasOpt = None,
@@ -95,6 +102,7 @@ def plan(
     """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front."""
     budget = parse_budget(gpu_hours=gpu_hours, flops=flops, time_budget=time_budget, cost=cost,
                           price=price, gpu=gpu, gpus=gpus)
+    check_arch(arch)
     fit = load_fit_file(fit_file) if fit_file is not None else None
     n_tokens = parse_token_count(tokens)
     data_cfg = data_config(data, tokenizer)
@@ -115,6 +123,7 @@ def plan(
             precisions=precision or None,
             schedule=schedule_name,
             timing=timing,
+            arch=arch,
         )
     finally:
         if status is not None:

@@ -22,15 +22,19 @@ def print_plan(p: Any, top: int) -> None:
     """The whole plan: first line, top `top` candidates, Pareto front, optimum and notes."""
     console.print(p.first_line, highlight=False, soft_wrap=True)
     loss_column = _loss_column(p)
+    arch = getattr(p, "arch", "gpt2")
     heads = (*RANKED_COLUMNS, loss_column)
+    shown = _moe_columns(heads) if arch == "moe" else heads
     ranked = _table(
-        f"ranked candidates (best {min(top, len(p.candidates))} of "
-        f"{len(p.candidates)} feasible; N params, D tokens, ep epochs, T seq; "
+        f"ranked {arch} candidates (best {min(top, len(p.candidates))} of "
+        f"{len(p.candidates)} feasible; N params, "
+        f"{'act active, D tokens' if arch == 'moe' else 'D tokens, ep epochs'}, T seq; "
         f"{p.law.kind}: predicted loss, nats/token)",
-        heads,
+        shown,
     )
     for c in p.candidates[:top]:
-        ranked.add_row(*plan_row(c))
+        row = dict(zip(heads, plan_row(c), strict=True), act=format_count(c.active_params))
+        ranked.add_row(*(row[k] for k in shown))
     console.print(ranked)
     axes = " vs ".join(a.replace("_bytes", "") for a in p.pareto_axes)
     keep = (*FRONT_COLUMNS, loss_column)
@@ -44,6 +48,12 @@ def print_plan(p: Any, top: int) -> None:
         console.print("[dim]* outside the range the law was fitted on[/]", highlight=False)
     for note in p.notes:
         console.print(f"[dim]· {note}[/]", highlight=False, soft_wrap=True)
+
+
+def _moe_columns(heads: tuple[str, ...]) -> tuple[str, ...]:
+    """An MoE plan's ranked columns: active parameters after N, no epochs column (width)."""
+    out = [h for h in heads if h != "ep"]
+    return (*out[:2], "act", *out[2:])
 
 
 def _loss_column(p: Any) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node
 
+from budgetlm.config.hf import hf_run_data, is_hf_config
 from budgetlm.config.presets import preset
 from budgetlm.config.schema import RunConfig, validate
 from budgetlm.errors import UserError
@@ -251,6 +252,61 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """The mapping in JSON file `path` (a config.json); a one-line UserError naming the file
+    otherwise (missing, unreadable, not JSON, duplicate keys, NaN, nested too deeply, not a
+    mapping)."""
+    p = Path(path)
+    text = _read_text(p)
+    try:
+        raw = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{p}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except ValueError as exc:
+        raise UserError(f"{p}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply") from None
+    if not isinstance(raw, dict):
+        kind = {list: "a list", str: "a string", type(None): "null"}.get(type(raw), "a number")
+        raise UserError(f"{p}: expected a mapping at the top level, got {kind}")
+    return raw
+
+
+def _read_config_file(spec: str) -> tuple[dict[str, Any], str]:
+    """(the mapping, its file) for a YAML or JSON file, or a model directory's config.json."""
+    p = Path(spec)
+    if p.is_dir():
+        inner = p / "config.json"
+        if not inner.is_file():
+            raise UserError(
+                f"{p}: is a directory without a config.json (expected a YAML file or a "
+                "Hugging Face model directory)"
+            )
+        return read_json(inner), str(inner)
+    if p.suffix == ".json":
+        return read_json(p), str(p)
+    return read_yaml(p), str(p)
+
+
 def _looks_like_path(spec: str) -> bool:
     if spec.endswith((".yaml", ".yml", ".json")) or "/" in spec:
         return True
@@ -261,12 +317,16 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_config(spec: str, overrides: list[str] | None = None) -> RunConfig:
-    """Load a RunConfig from a preset name or a YAML file, then apply `key=value` overrides.
+    """Load a RunConfig from a preset name, a YAML (or JSON) file, or a Hugging Face config.json
+    (the file, or the model directory holding it), then apply `key=value` overrides.
 
     A YAML file may name `preset: NAME` at its top to start from a preset.
     """
     if _looks_like_path(spec):
-        raw = read_yaml(spec)
+        raw, path = _read_config_file(spec)
+        hf = is_hf_config(raw)
+        if hf:
+            raw = hf_run_data(raw, path)
         base_name = raw.pop("preset", None)
         if base_name is not None:
             if not isinstance(base_name, str):
@@ -276,7 +336,7 @@ def load_config(spec: str, overrides: list[str] | None = None) -> RunConfig:
             except UserError as exc:
                 raise UserError(f"{spec}: preset: {exc}") from None
             raw = _deep_merge(base.model_dump(), raw)
-        source = str(spec)
+        source = path if hf else str(spec)
         for top in raw:
             if top not in RunConfig.model_fields:
                 try:

@@ -6,6 +6,7 @@ import difflib
 from typing import Any
 
 from budgetlm.config.schema import RunConfig, validate
+from budgetlm.config.shapes import SHAPE_PRESETS
 from budgetlm.errors import UserError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -84,7 +85,37 @@ PRESETS["bert-tiny"] = {
     "train": {**PRESETS["tiny"]["train"], "max_steps": 150, "eval_interval": 50},
 }
 
-LARGE_PRESETS = frozenset({"gpt2-124m", "bert-base", "t5-base"})
+# tiny's size and budget with a Llama recipe: rotary positions, RMSNorm, SwiGLU (hidden width
+# 8/3·d rounded to 32), no biases, untied head, grouped-query attention (4 query heads share 2
+# key/value heads).
+PRESETS["llama-tiny"] = {
+    "name": "llama-tiny",
+    "model": {
+        **PRESETS["tiny"]["model"], "n_head": 4, "n_kv_head": 2, "d_ff": 160,
+        "positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False,
+        "tie_embeddings": False,
+    },
+    "optim": {"lr": 3e-3},
+    "schedule": {"warmup_steps": 10},
+    "train": {**PRESETS["tiny"]["train"], "max_steps": 300},
+}
+
+# llama-tiny with mixture-of-experts MLPs (Mixtral / DeepSeekMoE style): block 0 dense, block 1
+# routes each token to 2 of 4 experts plus one shared expert of width 48 (3 x 48 active, near
+# llama-tiny's 160).
+PRESETS["moe-tiny"] = {
+    "name": "moe-tiny",
+    "model": {
+        **PRESETS["llama-tiny"]["model"], "n_expert": 4, "n_expert_active": 2,
+        "n_shared_expert": 1, "d_expert": 48, "n_dense_layer": 1, "router_aux_coef": 0.01,
+    },
+    "optim": {"lr": 3e-3},
+    "schedule": {"warmup_steps": 10},
+    "train": {**PRESETS["tiny"]["train"], "max_steps": 300},
+}
+
+PRESETS.update(SHAPE_PRESETS)
+LARGE_PRESETS = frozenset({"gpt2-124m", "bert-base", "t5-base", *SHAPE_PRESETS})
 
 
 

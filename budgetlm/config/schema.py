@@ -65,6 +65,35 @@ class ModelConfig(StrictModel):
     relative_buckets: int = Field(32, ge=1, description="relative-position buckets (t5)")
     norm_eps: float = Field(1e-5, gt=0.0, description="normalization epsilon")
     init_std: float = Field(0.02, gt=0.0, description="init std; residual projections scaled")
+    n_kv_head: int | None = Field(
+        None, ge=1,
+        description="key/value heads: grouped-query attention (Ainslie et al. 2023); 1 is "
+        "multi-query; default n_head",
+    )
+    qk_norm: bool = Field(
+        False, description="RMS-normalize each head's queries and keys (Qwen3, OLMo 2)"
+    )
+    qkv_bias: bool | None = Field(
+        None, description="biases on the q, k, v projections only (Qwen2); null: as `bias`"
+    )
+    sliding_window: int | None = Field(
+        None, ge=1, description="attend to at most this many tokens back (Mistral); null: all"
+    )
+    n_expert: int = Field(0, ge=0, description="experts of each MoE MLP (0: dense MLPs)")
+    n_expert_active: int = Field(2, ge=1, description="experts each token is routed to (top-k)")
+    n_shared_expert: int = Field(
+        0, ge=0, description="experts every token passes through besides its top-k (DeepSeekMoE)"
+    )
+    d_expert: int | None = Field(
+        None, ge=1, description="hidden width of one expert (default: d_ff)"
+    )
+    n_dense_layer: int = Field(
+        0, ge=0, description="the first k blocks keep a dense MLP (DeepSeek); the rest are MoE"
+    )
+    router_aux_coef: float = Field(
+        0.01, ge=0.0,
+        description="weight of the load-balancing loss (Switch Transformer, Fedus et al. 2022)",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:
@@ -72,6 +101,19 @@ class ModelConfig(StrictModel):
             raise ValueError(
                 f"n_head ({self.n_head}) must divide d_model ({self.d_model})"
             )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        if self.n_expert:
+            if self.family != "gpt":
+                raise ValueError("n_expert (mixture of experts) applies to family gpt only")
+            if self.n_expert_active > self.n_expert:
+                raise ValueError(f"n_expert_active ({self.n_expert_active}) must not exceed "
+                                 f"n_expert ({self.n_expert})")
+            if self.n_dense_layer > self.n_layer:
+                raise ValueError(f"n_dense_layer ({self.n_dense_layer}) must not exceed "
+                                 f"n_layer ({self.n_layer})")
+        if self.sliding_window is not None and self.family != "gpt":
+            raise ValueError("sliding_window applies to causal models (family gpt) only")
         if self.n_decoder_layer is not None and self.family != "t5":
             raise ValueError("n_decoder_layer applies to family t5 only")
         if self.positions == "relative" and self.family != "t5":
@@ -90,6 +132,21 @@ class ModelConfig(StrictModel):
     @property
     def decoder_layers(self) -> int:
         return self.n_decoder_layer if self.n_decoder_layer is not None else self.n_layer
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads after defaults (n_head: plain multi-head attention)."""
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def expert_ff(self) -> int:
+        """Hidden width of one expert after defaults."""
+        return self.d_expert if self.d_expert is not None else self.ff
+
+    @property
+    def moe_layers(self) -> int:
+        """Blocks whose MLP is a mixture of experts (0 for a dense model)."""
+        return self.n_layer - self.n_dense_layer if self.n_expert else 0
 
 
 class OptimConfig(StrictModel):

@@ -4,13 +4,18 @@ Everything here is a function of a `RunConfig` / `ModelConfig` and, for step tim
 profile. `budgetlm plan` calls it for thousands of candidates, so it stays stdlib-only: importing
 this package must not import torch (a test checks).
 
-- `params`: parameter tensors and counts (`param_specs`, `param_shapes`, `count_params`).
-- `flops`: FLOPs per token (`flops_per_token`; `model_flops_per_token` = forward + backward).
-- `memory`: bytes at the training peak (`memory_breakdown` and its pieces).
+- `params`: parameter tensors and counts (`param_specs`, `param_shapes`, `count_params`: total,
+  embedding, active per token, per expert).
+- `flops`: FLOPs per token (`flops_per_token`; `model_flops_per_token` = forward + backward,
+  of the active parameters for a mixture of experts).
+- `activations`: what a step saves for backward, per token and block.
+- `memory`: bytes at the training peak (`memory_breakdown` and its pieces; every expert
+  resident, or one rank's share with `expert_shards`).
 - `steptime`: seconds per optimizer step on a hardware profile (`step_time`, `default_mfu`).
 - `report`: all of it at once (`estimate`).
 """
 
+from budgetlm.estimate.activations import activation_bytes, layer_activation_bytes
 from budgetlm.estimate.flops import (
     MAX_FLOPS_PER_TOKEN,
     Flops,
@@ -23,8 +28,6 @@ from budgetlm.estimate.memory import (
     CUBLAS_WORKSPACE_BYTES,
     CUDA_CONTEXT_BYTES,
     Memory,
-    activation_bytes,
-    layer_activation_bytes,
     logits_bytes,
     memory_breakdown,
     memory_phase_totals,
@@ -35,12 +38,15 @@ from budgetlm.estimate.params import (
     MAX_PARAMS,
     ParamCount,
     ParamSpec,
+    active_block_matmul_params,
     block_matmul_params,
     count_params,
+    expert_params,
     head_matmul_params,
     param_shapes,
     param_spec_counts,
     param_specs,
+    resident_spec_counts,
 )
 from budgetlm.estimate.report import Estimate, estimate
 from budgetlm.estimate.steptime import MEASURED_TO_DATASHEET, StepTime, default_mfu, step_time
@@ -62,12 +68,14 @@ __all__ = [
     "ParamSpec",
     "StepTime",
     "activation_bytes",
+    "active_block_matmul_params",
     "assumed_micro_batch",
     "block_matmul_params",
     "checked_precision",
     "count_params",
     "default_mfu",
     "estimate",
+    "expert_params",
     "flops_per_token",
     "head_matmul_params",
     "layer_activation_bytes",
@@ -78,5 +86,6 @@ __all__ = [
     "overhead_parts",
     "param_shapes",
     "param_specs",
+    "resident_spec_counts",
     "step_time",
 ]

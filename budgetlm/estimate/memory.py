@@ -15,12 +15,17 @@ from typing import Any
 
 from budgetlm.config import OPTIMIZERS, ModelConfig, RunConfig
 from budgetlm.errors import UserError
+from budgetlm.estimate.activations import (
+    activation_bytes,
+    activation_pieces,
+    bytes_per_element,
+)
 from budgetlm.estimate.inputs import assumed_micro_batch, checked_precision
 from budgetlm.estimate.params import (
+    ParamSpec,
     block_matmul_params,
-    count_params,
     head_matmul_params,
-    param_spec_counts,
+    resident_spec_counts,
 )
 from budgetlm.estimate.phases import (
     PHASES,
@@ -122,12 +127,9 @@ class Memory:
         return d
 
 
-def _bytes_per_element(precision: str) -> int:
-    """Bytes of an activation element in the compute dtype."""
-    return 4 if precision == "fp32" else 2
-
-
-def optimizer_state_bytes(m: ModelConfig, optimizer: str, momentum: float = 0.9) -> int:
+def optimizer_state_bytes(
+    m: ModelConfig, optimizer: str, momentum: float = 0.9, expert_shards: int = 1
+) -> int:
     """Optimizer state for fp32 parameters, in bytes.
 
     adamw/adam/lamb 8 B/param (two moments); lion 4 (one moment); sgd 4 with momentum, else 0;
@@ -136,9 +138,10 @@ def optimizer_state_bytes(m: ModelConfig, optimizer: str, momentum: float = 0.9)
     `budgetlm.optim.muon_split` groups them) and AdamW's 8 B on everything else (embeddings,
     LM head, norms, biases); adafactor (Shazeer & Stern 2018; torch.optim.Adafactor)
     factors the second moment of each matrix into a row and a column vector (rows + cols
-    floats) and keeps it in full for vectors, with no first moment.
+    floats) and keeps it in full for vectors, with no first moment. Every expert's state is
+    counted (all experts resident) unless expert_shards > 1 (see `resident_spec_counts`).
     """
-    counts = param_spec_counts(m)
+    counts = resident_spec_counts(m, expert_shards)
     n = sum(k * s.numel for s, k in counts)
     if optimizer in _STATE_BYTES:
         return _STATE_BYTES[optimizer] * n
@@ -155,151 +158,13 @@ def optimizer_state_bytes(m: ModelConfig, optimizer: str, momentum: float = 0.9)
     raise UserError(f"optim.name: unknown optimizer {optimizer!r}; one of {', '.join(OPTIMIZERS)}")
 
 
-def _norm_saved(m: ModelConfig, device: str) -> float:
-    """Bytes per token a norm keeps for backward: its fp32 input (the residual stream) plus
-    fp32 statistics; torch's composite RMSNorm (CPU) also keeps the normalised fp32 input."""
-    d = m.d_model
-    if m.norm == "layernorm":
-        return 4 * d + 8  # input + mean + rstd
-    extra = 4 * d if device == "cpu" else 0  # CUDA dispatches to the fused aten::_fused_rms_norm
-    return 4 * d + 4 + extra  # input + rstd
-
-
-def _mask_bytes(device: str, dtype_bytes: int) -> int:
-    """A dropout mask per element: CUDA's fused dropout keeps a bool mask (1 B); the CPU path
-    keeps a scaled mask in the dropped tensor's dtype."""
-    return 1 if device != "cpu" else dtype_bytes
-
-
-def _attention_saved(
-    m: ModelConfig, c: int, device: str, dropout: bool, eager: bool, autocast: bool
-) -> float:
-    """Bytes per token saved by one self-attention (projections included), as pieces.
-
-    Korthikanti et al. 2022 §4.1 (16-bit, unfused): 11·s·b·h + 5·a·s²·b bytes:
-    projection input 2sbh, Q and K 4sbh, V 2sbh, output-projection input 2sbh, dropout mask sbh,
-    softmax output 2as²b, its dropout mask as²b and dropout output 2as²b.
-    """
-    d, H, T, inner = m.d_model, m.n_head, m.seq_len, m.n_head * m.head_dim
-    b = c * d  # qkv projection input (cast copy under autocast)
-    if dropout:
-        b += d * _mask_bytes(device, c)  # residual dropout mask
-    b += c * inner  # attention output = output-projection input (same storage with SDPA)
-    if not eager and dropout and device == "cpu":
-        # CPU SDPA has no fused dropout: the math fallback upcasts q, k, v to fp32 copies and
-        # keeps fp32 softmax output, dropout mask and dropout output.
-        return b + 3 * 4 * inner + H * T * 12
-    if eager:
-        b += 3 * c * inner  # q, k, v as the matmuls keep them (reshaped copies of the views)
-        if m.positions == "rope" and H == 1:
-            b += 2 * c * inner  # one head: v's reshape is a view, keeping the whole projection
-        # softmax output: fp32 under CUDA autocast (softmax is on its fp32 list), else compute
-        # dtype. The AV matmul keeps its own 16-bit input: the dropout output, or a cast copy
-        # of the softmax output when dtypes differ.
-        soft = 4 if (c == 4 or (autocast and device != "cpu")) else c
-        if dropout:
-            per_score = soft + _mask_bytes(device, soft) + c
-        else:
-            per_score = soft + (c if soft != c else 0)
-        return b + H * T * per_score
-    b += 3 * c * inner  # q, k, v: views of one projection output, kept by SDPA
-    if m.positions == "rope":
-        b += 2 * c * inner  # rotated q and k are new tensors (v's view keeps the projection)
-    return b + 4 * H  # SDPA (flash / memory-efficient): fp32 logsumexp per head, no scores
-
-
-def _mlp_saved(m: ModelConfig, c: int, dropout: bool, autocast: bool, device: str) -> float:
-    """Bytes per token saved by one MLP. Korthikanti et al. 2022: 19·s·b·h for a 4h GELU MLP
-    (input 2sbh, GELU input 8sbh, GELU output 8sbh, dropout mask sbh) — here with the real
-    width f and activation: GELU keeps its input and the down projection its output (2·f);
-    ReLU keeps only its output, which is the down projection's input (1·f); SwiGLU keeps the
-    gate, silu(gate), up and their product (4·f) and, under autocast, a second cast input."""
-    d, f = m.d_model, m.ff
-    if m.mlp == "swiglu":
-        b = c * d * (2 if autocast else 1) + 4 * c * f
-    elif m.mlp == "gelu":
-        b = c * d + 2 * c * f
-    else:
-        b = c * d + c * f
-    if dropout:
-        b += d * _mask_bytes(device, c)
-    return b
-
-
-def layer_activation_bytes(
-    m: ModelConfig, precision: str = "bf16", device: str = "cuda", cross_attention: bool = False
-) -> float:
-    """Bytes per token one block keeps for backward (Korthikanti et al. 2022, eq. 1, by piece).
-
-    Differences from the paper's 34·s·b·h + 5·a·s²·b, all from what PyTorch actually saves:
-    the residual stream is fp32 (parameters stay fp32 under autocast, so the two norm inputs
-    cost 4 B/element, not 2); the MLP uses its real width and activation; d_head·h may differ
-    from d; with SDPA the 5·a·s²·b term is replaced by a logsumexp per head; dropout masks
-    exist only when dropout > 0 (torch skips dropout at p = 0).
-    """
-    c = _bytes_per_element(precision)
-    autocast = precision != "fp32"
-    dropout = m.dropout > 0
-    eager = m.attention == "eager" or (m.family == "t5" and m.positions == "relative")
-    b = 2 * _norm_saved(m, device)
-    b += _attention_saved(m, c, device, dropout, eager, autocast)
-    b += _mlp_saved(m, c, dropout, autocast, device)
-    if cross_attention:  # t5 decoder: one more norm + attention over the encoder output
-        b += _norm_saved(m, device) + _attention_saved(m, c, device, dropout, eager, autocast)
-    return b
-
-
-def _final_activation_bytes(m: ModelConfig, precision: str, device: str) -> float:
-    """Per token, outside the blocks: final norm and head inputs (and BERT's embedding norm
-    and MLM transform: dense input, GELU input, fp32 norm input, decoder input)."""
-    c, d = _bytes_per_element(precision), m.d_model
-    b = _norm_saved(m, device) + c * d  # ln_f input, LM-head input
-    if m.family == "bert":
-        b += _norm_saved(m, device)  # embedding norm
-        b += 2 * c * d + _norm_saved(m, device)  # head.dense input, GELU input, head.norm input
-    if m.family == "t5":
-        b += _norm_saved(m, device)  # the encoder's final norm
-    if m.dropout > 0:
-        b += d * _mask_bytes(device, 4)  # embedding dropout mask (fp32 embedding sum)
-    return b
-
-
-def _activation_pieces(
-    m: ModelConfig, precision: str, device: str
-) -> tuple[float, float, int, float]:
-    """Per token: (largest block, all blocks, number of blocks, outside the blocks)."""
-    enc = layer_activation_bytes(m, precision, device)
-    if m.family == "t5":
-        dec = layer_activation_bytes(m, precision, device, cross_attention=True)
-        dec += _bytes_per_element(precision) * m.d_model  # encoder output cast for cross K/V
-        n = m.n_layer + m.decoder_layers
-        largest = max(enc, dec) if m.decoder_layers else enc
-        blocks = enc * m.n_layer + dec * m.decoder_layers
-    else:
-        n, largest, blocks = m.n_layer, enc, enc * m.n_layer
-    return largest, blocks, n, _final_activation_bytes(m, precision, device)
-
-
-def activation_bytes(
-    m: ModelConfig, micro_batch: int, precision: str, checkpointing: bool, device: str = "cuda"
-) -> int:
-    """Bytes of saved activations for one micro-batch at the end of the forward pass (logits
-    excluded). Under checkpointing (Korthikanti et al. 2022 §4.2, full recompute) each block
-    keeps only its input, the fp32 residual stream; the recompute of one block during the
-    backward pass is counted in the phase it happens in (`budgetlm.estimate.phases`)."""
-    tokens = micro_batch * m.seq_len
-    _largest, blocks, n, final = _activation_pieces(m, precision, device)
-    per_token = (4 * m.d_model * n if checkpointing else blocks) + final
-    return int(math.ceil(tokens * per_token))
-
-
 def logits_bytes(m: ModelConfig, micro_batch: int, precision: str) -> int:
     """Bytes of the (B, T, V) tensors alive while the loss is differentiated: the logits in the
     compute dtype (the training loop holds them), the fp32 log-probabilities cross-entropy
     saved, the gradient nll_loss returns and the one log_softmax returns. Often the peak for
     small models with large vocabularies."""
     elements = micro_batch * m.seq_len * m.vocab_size
-    return elements * (_bytes_per_element(precision) + 4 + 4 + 4)
+    return elements * (bytes_per_element(precision) + 4 + 4 + 4)
 
 
 def overhead_parts(device: str, tensor_bytes: int) -> dict[str, int]:
@@ -333,41 +198,75 @@ def _buffer_bytes(m: ModelConfig) -> int:
     return (m.n_layer + (m.decoder_layers if m.family == "t5" else 0)) * 4 * m.seq_len * m.head_dim
 
 
-def _grad_sizes(m: ModelConfig) -> tuple[int, int, int, int]:
-    """fp32 gradient bytes: (head side, one block, embeddings not shared with the head, tied
-    token-embedding table or 0)."""
-    counts = param_spec_counts(m)
+def _first_run_length(m: ModelConfig) -> int:
+    """Blocks in the run block 0 belongs to (the dense blocks, else the MoE blocks)."""
+    dense = m.n_layer - m.moe_layers
+    return dense if dense else m.n_layer
+
+
+def _block_numel(m: ModelConfig, counts: list[tuple[ParamSpec, int]], first: int, run: int,
+                 matrices: bool) -> int:
+    """Elements of one block of the run that starts at block `first` and holds `run` blocks
+    (its Linear weights only, with matrices)."""
+    prefix = f"blocks.{first}."
+    return sum(k * s.numel for s, k in counts if s.name.startswith(prefix)
+               and (s.role == "matrix" or not matrices)) // max(run, 1)
+
+
+def _grad_sizes(m: ModelConfig, counts: list[tuple[ParamSpec, int]]) -> tuple[int, int, int, int]:
+    """fp32 gradient bytes: (head side, the first block, embeddings not shared with the head,
+    tied token-embedding table or 0). A dense stack's blocks are alike: their mean is used."""
     n_blocks = max(m.n_layer + (m.decoder_layers if m.family == "t5" else 0), 1)
-    in_blocks = sum(k * s.numel for s, k in counts
-                    if s.name.startswith("blocks.") or ".block." in s.name)
-    block = in_blocks // n_blocks
+    if m.moe_layers:
+        block = _block_numel(m, counts, 0, _first_run_length(m), matrices=False)
+    else:
+        in_blocks = sum(k * s.numel for s, k in counts
+                        if s.name.startswith("blocks.") or ".block." in s.name)
+        block = in_blocks // n_blocks
     emb = sum(k * s.numel for s, k in counts if s.role == "embedding")
     tied = m.vocab_size * m.d_model if m.tie_embeddings else 0
     return 4 * head_matmul_params(m), 4 * block, 4 * (emb - tied), 4 * tied
 
 
+def _block_copies(m: ModelConfig, counts: list[tuple[ParamSpec, int]], n_blocks: int,
+                  copies: int) -> tuple[int, int]:
+    """Autocast's 16-bit copies of block weights: (the largest block's, all blocks')."""
+    if not m.moe_layers:
+        one = copies * block_matmul_params(m) // max(n_blocks, 1)
+        return one, one * max(n_blocks, 1)
+    first_moe = m.n_layer - m.moe_layers
+    moe = _block_numel(m, counts, first_moe, m.moe_layers, matrices=True)
+    dense = _block_numel(m, counts, 0, first_moe, matrices=True) if first_moe else 0
+    return copies * max(moe, dense), copies * (moe * m.moe_layers + dense * first_moe)
+
+
 def step_sizes(
     cfg: RunConfig, micro_batch: int, precision: str, optimizer: str, checkpointing: bool,
-    device: str,
+    device: str, expert_shards: int = 1,
 ) -> StepSizes:
-    """The sizes `budgetlm.estimate.phases.step_phases` combines, for `cfg`."""
+    """The sizes `budgetlm.estimate.phases.step_phases` combines, for `cfg`; with the routed
+    experts sharded over `expert_shards` ranks, those one rank holds."""
     m, o = cfg.model, cfg.optim
-    c = _bytes_per_element(precision)
+    c = bytes_per_element(precision)
     tokens = micro_batch * m.seq_len
-    largest, _blocks, n_blocks, final = _activation_pieces(m, precision, device)
-    copies = 2 if precision != "fp32" else 0
-    grads_head, grads_block, grads_emb, tied = _grad_sizes(m)
+    largest, _blocks, n_blocks, final = activation_pieces(m, precision, device)
+    counts = resident_spec_counts(m, expert_shards)
+    resident = sum(k * s.numel for s, k in counts)
+    grads_head, grads_block, grads_emb, tied = _grad_sizes(m, counts)
+    copies_block, copies_all = _block_copies(m, counts, n_blocks,
+                                             2 if precision != "fp32" else 0)
     # Rotary attention saves its cos and sin tables, repeated to (T, head_dim) in the compute
     # dtype, for q and for k: per block, whatever the batch.
     rope = 4 * m.seq_len * m.head_dim * c if m.positions == "rope" else 0
     kept = activation_bytes(m, micro_batch, precision, checkpointing, device)
     final_bytes = int(math.ceil(tokens * final))
     return StepSizes(
-        params=4 * count_params(m).total + _buffer_bytes(m),
-        state=optimizer_state_bytes(m, optimizer, o.momentum),
+        params=4 * resident + _buffer_bytes(m),
+        state=optimizer_state_bytes(m, optimizer, o.momentum, expert_shards),
         inputs=16 * tokens,  # int64 token ids and targets
-        copies_head=copies * head_matmul_params(m),
-        copies_block=copies * block_matmul_params(m) // max(n_blocks, 1),
+        copies_head=(2 if precision != "fp32" else 0) * head_matmul_params(m),
+        copies_block=copies_block,
+        copies_blocks=copies_all,
         acts_block=int(math.ceil(tokens * largest)) + rope,
         acts_kept=kept - final_bytes + (0 if checkpointing else n_blocks * rope),
         acts_final=final_bytes,
@@ -376,12 +275,12 @@ def step_sizes(
         final_out=4 * m.d_model * tokens,
         grads_head=grads_head,
         grads_block=grads_block,
-        grads_all=4 * count_params(m).total,
+        grads_all=4 * resident,
         grads_embedding=grads_emb,
         tied_embedding=tied,
         workspace=block_workspace_bytes(m, tokens, c),
         opt_temps=optimizer_temp_bytes(m, optimizer, device, o.weight_decay, o.momentum,
-                                       o.nesterov, o.decay_all),
+                                       o.nesterov, o.decay_all, expert_shards),
         n_blocks=max(n_blocks, 1),
         checkpointing=checkpointing,
     )
@@ -403,9 +302,14 @@ def memory_breakdown(
     checkpointing: bool | None = None,
     *,
     device: str | None = None,
+    expert_shards: int = 1,
 ) -> Memory:
     """Training memory of `cfg` in bytes; None takes the value from `cfg` (micro_batch "auto"
     counts as 1). device: "cpu" or "cuda"; default cfg.train.device, where "auto" means cuda.
+
+    A mixture of experts keeps every expert resident (weights, gradients, optimizer state);
+    expert_shards > 1 gives one rank's share when the routed experts are sharded over that
+    many ranks (expert parallelism; see `resident_spec_counts`), activations unchanged.
 
     The tensor peak is the largest phase of a steady-state step (`budgetlm.estimate.phases`);
     the components are what is alive in that phase. `total` adds the device remainder.
@@ -417,7 +321,7 @@ def memory_breakdown(
         raise UserError(f"optim.name: unknown optimizer {opt!r}; one of {', '.join(OPTIMIZERS)}")
     ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
     dev = _memory_device_kind(device, cfg)
-    phases = step_phases(step_sizes(cfg, mb, prec, opt, ckpt, dev))
+    phases = step_phases(step_sizes(cfg, mb, prec, opt, ckpt, dev, expert_shards))
     peak = peak_phase(phases)
     parts = phases[peak]
     tensors = sum(parts.values())

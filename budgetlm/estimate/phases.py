@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from budgetlm.config import ModelConfig
-from budgetlm.estimate.params import ParamSpec, param_spec_counts
+from budgetlm.estimate.params import ParamSpec, resident_spec_counts
 
 PHASES = (
     "forward",
@@ -59,16 +59,17 @@ class StepSizes:
     """Bytes the phases are made of, for one micro-batch.
 
     params: fp32 parameters + module buffers; state: optimizer state; inputs: token ids and
-    targets; copies_head/copies_block: autocast's 16-bit copies of the head's / one block's
-    matmul weights (0 in fp32); acts_block: saved activations of one block; acts_kept: what the
-    forward keeps of all the blocks (all their activations, or their inputs under
-    checkpointing); acts_final: saved by the final norm and head; logits: (B, T, V) elements;
-    c: bytes of the compute dtype; final_out: the final norm's fp32 output; grads_head: gradients
-    of the head (the tied embedding's); grads_block: one block's gradients; grads_all: every
-    gradient; grads_embedding: the embedding tables' own gradients (not the head's);
-    tied_embedding: fp32 bytes of the tied token-embedding table (0 when untied); workspace: one
-    block's backward working set; opt_temps: the optimizer update's temporaries; n_blocks: blocks
-    in the model; checkpointing: full recompute of each block.
+    targets; copies_head/copies_block: autocast's 16-bit copies of the head's / the largest
+    block's matmul weights (0 in fp32); copies_blocks: those of every block; acts_block: saved
+    activations of the largest block; acts_kept: what the forward keeps of all the blocks (all
+    their activations, or their inputs under checkpointing); acts_final: saved by the final
+    norm and head; logits: (B, T, V) elements; c: bytes of the compute dtype; final_out: the
+    final norm's fp32 output; grads_head: gradients of the head (the tied embedding's);
+    grads_block: the first block's gradients; grads_all: every gradient; grads_embedding: the
+    embedding tables' own gradients (not the head's); tied_embedding: fp32 bytes of the tied
+    token-embedding table (0 when untied); workspace: one block's backward working set;
+    opt_temps: the optimizer update's temporaries; n_blocks: blocks in the model;
+    checkpointing: full recompute of each block.
     """
 
     params: int
@@ -76,6 +77,7 @@ class StepSizes:
     inputs: int
     copies_head: int
     copies_block: int
+    copies_blocks: int
     acts_block: int
     acts_kept: int
     acts_final: int
@@ -102,7 +104,7 @@ def _phase(weights: int, grads: int, optimizer: int, activations: int, logits: i
 def _saved_copies(s: StepSizes) -> int:
     """Block weight copies autograd keeps from the forward (none under checkpointing: the
     recompute casts them again)."""
-    return 0 if s.checkpointing else s.n_blocks * s.copies_block
+    return 0 if s.checkpointing else s.copies_blocks
 
 
 def step_phases(s: StepSizes) -> dict[str, dict[str, int]]:
@@ -144,9 +146,10 @@ def muon_hidden(s: ParamSpec) -> bool:
     return s.role in ("matrix", "head") and not s.name.startswith("lm_head")
 
 
-def _groups(m: ModelConfig, optimizer: str, decay_all: bool) -> list[list[tuple[ParamSpec, int]]]:
+def _groups(m: ModelConfig, optimizer: str, decay_all: bool,
+            expert_shards: int = 1) -> list[list[tuple[ParamSpec, int]]]:
     """The optimizer's parameter groups in update order, as (spec, count) runs."""
-    counts = param_spec_counts(m)
+    counts = resident_spec_counts(m, expert_shards)
     groups = []
     rest = counts
     if optimizer == "muon":
@@ -203,7 +206,7 @@ def _group_temps(group: list[tuple[ParamSpec, int]], optimizer: str, device: str
 
 def optimizer_temp_bytes(m: ModelConfig, optimizer: str, device: str, weight_decay: float = 0.0,
                          momentum: float = 0.9, nesterov: bool = False,
-                         decay_all: bool = False) -> int:
+                         decay_all: bool = False, expert_shards: int = 1) -> int:
     """Peak bytes of the temporaries of one optimizer step, beyond gradients and state.
 
     Single-tensor updates (CPU, and budgetlm's own Lion / LAMB / Muon everywhere) hold the
@@ -215,7 +218,13 @@ def optimizer_temp_bytes(m: ModelConfig, optimizer: str, device: str, weight_dec
     """
     nesterov = nesterov and momentum > 0
     return max(_group_temps(g, optimizer, device, weight_decay, nesterov, decay_all)
-               for g in _groups(m, optimizer, decay_all))
+               for g in _groups(m, optimizer, decay_all, expert_shards))
+
+
+def _mlp_workspace(m: ModelConfig, tokens: int, hidden_tokens: int, f: int, c: int) -> int:
+    if m.mlp == "swiglu":
+        return int(math.ceil(tokens * 4 * m.d_model + hidden_tokens * 2 * c * f))
+    return int(math.ceil(tokens * 8 * m.d_model + hidden_tokens * c * f))
 
 
 def block_workspace_bytes(m: ModelConfig, tokens: int, c: int) -> int:
@@ -224,7 +233,12 @@ def block_workspace_bytes(m: ModelConfig, tokens: int, c: int) -> int:
     gradient, in the compute dtype, beyond the down projection's saved input they replace (two
     for SwiGLU's product rule, which needs the gradients of both factors), plus the fp32
     gradients of the residual stream (two; one for SwiGLU, whose peak comes before the second).
-    Checked against MemTracker in tests/test_memory_truth.py."""
-    if m.mlp == "swiglu":
-        return int(math.ceil(tokens * (4 * m.d_model + 2 * c * m.ff)))
-    return int(math.ceil(tokens * (8 * m.d_model + c * m.ff)))
+    Checked against MemTracker in tests/test_memory_truth.py. An MoE block differentiates one
+    expert at a time: its share of the routed tokens (balanced routing), or every token in a
+    shared expert, at width expert_ff."""
+    dense = _mlp_workspace(m, tokens, tokens, m.ff, c)
+    if not m.moe_layers:
+        return dense
+    routed = -(-tokens * m.n_expert_active // m.n_expert)
+    moe = _mlp_workspace(m, tokens, tokens if m.n_shared_expert else routed, m.expert_ff, c)
+    return max(moe, dense) if m.moe_layers < m.n_layer else moe

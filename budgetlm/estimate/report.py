@@ -32,6 +32,8 @@ class Estimate:
             "embedding_params": self.params.embedding,
             "non_embedding_params": self.params.non_embedding,
             "matmul_params": self.params.matmul,
+            "params_active": self.params.active,
+            "params_per_expert": self.params.per_expert,
             "flops_per_token": self.flops.model,
             "flops": {
                 "forward": self.flops.forward,

@@ -10,8 +10,10 @@ fit and finish. The steps:
    `--flops` is model FLOPs (6·N·D plus attention) with no device unless `--gpu` names one.
 2. Candidates: shapes from a size ladder (`ladder`: geometric in non-embedding parameters,
    width/depth growing from ~32 for tiny models to ~128 for large ones, heads of 32 below
-   width 256 and 64 above) x sequence length x precision (only those with a peak on the device;
-   never assumed faster: each is priced with `profile.peak(precision)`).
+   width 256 and 64 above) built in one recipe (`arch`: gpt2, llama — the default on a GPU —
+   or moe, priced by active FLOPs and all parameters in memory) x sequence length x precision
+   (only those with a peak on the device; never assumed faster: each is priced with
+   `profile.peak(precision)`).
 3. Feasibility (`pricing`): the largest power-of-two micro-batch that fits in memory (estimator,
    with a margin), activation checkpointing only when even micro-batch 1 does not fit; step time
    from the estimator (measured peak on this machine, datasheet peak x default MFU elsewhere;

@@ -107,13 +107,22 @@ class CandidateRecord(Record):
     """One configuration priced against the budget."""
 
     name: str = Field(description="L<layers>-d<width>-T<seq_len>-<precision>")
+    arch: str = Field(description="recipe: gpt2, llama or moe")
     n_layer: int
     d_model: int
     n_head: int
+    n_kv_head: int = Field(description="key/value heads (n_head: multi-head attention)")
+    d_ff: int = Field(description="MLP hidden width (of the dense blocks)")
+    n_expert: int = Field(description="routed experts per MoE block (0: dense)")
+    n_expert_active: int = Field(description="routed experts per token (top-k; 0: dense)")
+    n_shared_expert: int = Field(description="shared experts per MoE block")
+    d_expert: int = Field(description="hidden width of one expert (0: dense)")
     seq_len: int
     vocab_size: int
     params: int = Field(description="total parameters")
     non_embedding_params: int
+    active_params: int = Field(description="parameters a token passes through (MoE: top-k + "
+                               "shared experts; the rest: params)")
     precision: str
     micro_batch: int = Field(description="sequences per micro-step per device")
     grad_accum: int = Field(description="micro-steps per device per optimizer step")
@@ -144,10 +153,15 @@ class CandidateRecord(Record):
     @classmethod
     def of(cls, c: Candidate) -> CandidateRecord:
         """The record of candidate `c`."""
+        m = c.model
+        moe = m.n_expert > 0
         return cls(
-            name=c.name, n_layer=c.shape.n_layer, d_model=c.shape.d_model,
-            n_head=c.shape.n_head, seq_len=c.seq_len, vocab_size=c.vocab_size, params=c.params,
-            non_embedding_params=c.non_embedding_params, precision=c.precision,
+            name=c.name, arch=c.shape.arch, n_layer=c.shape.n_layer, d_model=c.shape.d_model,
+            n_head=c.shape.n_head, n_kv_head=m.kv_heads, d_ff=m.ff, n_expert=m.n_expert,
+            n_expert_active=m.n_expert_active if moe else 0, n_shared_expert=m.n_shared_expert,
+            d_expert=m.expert_ff if moe else 0, seq_len=c.seq_len, vocab_size=c.vocab_size,
+            params=c.params, non_embedding_params=c.non_embedding_params,
+            active_params=c.active_params, precision=c.precision,
             micro_batch=c.micro_batch, grad_accum=c.grad_accum, devices=c.devices,
             global_batch_tokens=c.batch_tokens, checkpointing=c.checkpointing, lr=c.lr,
             tokens=c.tokens, steps=c.steps, epochs=c.epochs, effective_tokens=c.effective_tokens,
@@ -163,10 +177,14 @@ class PlanFile(Record):
     """plan.json: every candidate of a plan, ranked, with the budget and the law behind it."""
 
     interpretation: str = Field(description="the budget interpreted, in one line")
+    arch: str = Field(description="recipe of the candidates: gpt2, llama or moe")
     budget: BudgetRecord
     device: DeviceRecord
     law: dict[str, Any] = Field(description="the loss law the candidates are ranked by")
     loss_kind: str = Field(description="prior or fit: whose nats/token the losses are in")
+    loss_rule: dict[str, Any] | None = Field(
+        None, description="moe: how an MoE's loss comes from the dense law (kind: rule, not a "
+        "fit; params: the parameter count the law is evaluated at)")
     data: DataRecord
     optimum: OptimumRecord
     top: CandidateRecord = Field(description="the best candidate (the exported config)")
@@ -186,6 +204,7 @@ class PlanFile(Record):
         cands = p.candidates if limit is None else p.candidates[:limit]
         return cls(
             interpretation=p.first_line,
+            arch=p.arch,
             budget=BudgetRecord(**p.budget.to_dict()),
             device=DeviceRecord(
                 kind=t.device, name=t.name, devices=t.devices, source=t.source,
@@ -194,6 +213,7 @@ class PlanFile(Record):
             ),
             law=p.law.to_dict(),
             loss_kind=p.law.kind,
+            loss_rule=p.loss_rule,
             data=DataRecord(
                 source=p.data.source if p.data_given else None, tokenizer=p.data.tokenizer,
                 unique_tokens=p.unique_tokens, vocab_size=p.vocab_size,

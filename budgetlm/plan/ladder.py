@@ -23,11 +23,12 @@ WIDTHS = (
 
 @dataclass(frozen=True)
 class Shape:
-    """A GPT's depth, width and head count."""
+    """A GPT's depth, width and head count, and the recipe it is built with (`plan.arch`)."""
 
     n_layer: int
     d_model: int
     n_head: int
+    arch: str = "gpt2"
 
     @property
     def name(self) -> str:
@@ -35,7 +36,8 @@ class Shape:
 
     @property
     def approx_params(self) -> int:
-        """12·L·d²: attention 4d² + MLP 8d² per block (non-embedding, no norms or biases)."""
+        """12·L·d²: attention 4d² + MLP 8d² per block (non-embedding, no norms or biases) of the
+        gpt2 recipe; the ladder's measure of size for every recipe."""
         return 12 * self.n_layer * self.d_model**2
 
 

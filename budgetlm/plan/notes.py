@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from budgetlm import laws
 from budgetlm.config import DataConfig
+from budgetlm.plan.arch import MOE_LOSS_RULE
 from budgetlm.plan.budget import Budget, Target
 from budgetlm.plan.ladder import LADDER_SPAN, ladder
 from budgetlm.plan.pricing import MIN_STEPS, PRIOR_MIN_STEPS, Candidate, PlanContext
@@ -25,13 +26,15 @@ def fit_note(law: laws.LossLaw, data: DataConfig, data_given: bool) -> str:
 
 def _loss_note(ctx: PlanContext, data: DataConfig, data_given: bool) -> str:
     law = ctx.law
+    rule = f"; MoE loss: {MOE_LOSS_RULE['text']}" if ctx.arch == "moe" else ""
     if law.kind == "fit":
-        return fit_note(law, data, data_given)
+        return fit_note(law, data, data_given) + rule
     return (
         f"loss: {law.kind} ({law.source}); nats/token on that law's data and tokenizer, not "
         "this corpus's: compare candidates with it, do not read it as this corpus's loss"
         + ("" if ctx.ref_seq is None else
            f"; includes a context-length heuristic relative to T={ctx.ref_seq}")
+        + rule
     )
 
 
@@ -105,7 +108,7 @@ def size_limit_note(top: Candidate, n_optimal: float, tgt: Target, law: laws.Los
                     bad: list[Candidate], fell_back: bool) -> str | None:
     """Why the top candidate is far smaller than the compute-optimal size `n_optimal` (in the
     law's parameter count): larger models do not fit one device, or the ladder ends."""
-    n_top = law.n_of(top.params, top.non_embedding_params)
+    n_top = law.n_of(top.active_params, top.active_non_embedding_params)
     if n_optimal <= 2 * n_top:
         return None
     bigger_did_not_fit = fell_back or any(

@@ -10,9 +10,16 @@ from typing import Any
 from budgetlm import laws
 from budgetlm.config import PRECISIONS, DataConfig, RunConfig, dump_config
 from budgetlm.errors import UserError
+from budgetlm.plan.arch import (
+    MOE_LOSS_RULE,
+    arch_ladder,
+    check_arch,
+    default_arch,
+    describe_arch,
+)
 from budgetlm.plan.budget import Budget, Target, resolve_target
 from budgetlm.plan.files import PlanFile
-from budgetlm.plan.ladder import LADDER_SPAN, Shape, ladder
+from budgetlm.plan.ladder import LADDER_SPAN, Shape
 from budgetlm.plan.notes import plan_notes, size_limit_note, why_nothing
 from budgetlm.plan.pareto import pareto
 from budgetlm.plan.pricing import (
@@ -56,6 +63,12 @@ class Plan:
     family: str
     seed: int = 0
     elapsed_s: float = 0.0
+    arch: str = "gpt2"
+
+    @property
+    def loss_rule(self) -> dict[str, Any] | None:
+        """How an MoE's loss comes from the dense law (`arch.MOE_LOSS_RULE`); None if dense."""
+        return dict(MOE_LOSS_RULE) if self.arch == "moe" else None
 
     @property
     def top(self) -> Candidate:
@@ -154,12 +167,12 @@ def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
             raise UserError(f"--precision: unknown precision {p!r}; one of {', '.join(PRECISIONS)}")
 
 
-def _window(law: laws.LossLaw, tgt: Target, precs: list[str],
-            unique: int | None) -> list[Shape]:
+def _window(law: laws.LossLaw, tgt: Target, precs: list[str], unique: int | None,
+            arch: str) -> list[Shape]:
     """Rungs within LADDER_SPAN of the rough compute-optimal size (held inside the ladder, so a
     budget beyond its ends prices its largest or smallest rungs)."""
     n_opt, _ = laws.data_constrained_optimal(law, rough_compute(tgt, precs), unique)
-    rungs = ladder()
+    rungs = arch_ladder(arch)
     n = min(max(n_opt, rungs[0].approx_params), rungs[-1].approx_params)
     return [s for s in rungs if n / LADDER_SPAN <= s.approx_params <= n * LADDER_SPAN]
 
@@ -183,7 +196,7 @@ def _largest_fitting(below: float, precs: list[str], seq_lens: list[int] | None,
     fit: list[Candidate] = []
     no_fit: list[Candidate] = []
     largest = None
-    for s in reversed(ladder()):
+    for s in reversed(arch_ladder(ctx.arch)):
         if s.approx_params >= below:
             continue
         if largest is not None and s.approx_params < largest / LADDER_SPAN:
@@ -201,14 +214,15 @@ def _candidates(law: laws.LossLaw, ctx: PlanContext, precs: list[str],
     """(priced candidates that fit, those that do not, whether the window around the optimum
     held nothing that fits one device so the largest shapes that fit were priced instead).
     The smallest rung is always priced (so "too small" names the smallest model)."""
-    window = _window(law, ctx.target, precs, ctx.unique)
+    window = _window(law, ctx.target, precs, ctx.unique, ctx.arch)
     setups, no_fit = _price(window, precs, seq_lens, ctx)
     fell_back = False
     if window and not setups and ctx.target.memory_strict:
         more, more_bad = _largest_fitting(window[0].approx_params, precs, seq_lens, ctx)
         setups, no_fit, fell_back = more + setups, more_bad + no_fit, bool(more)
-    if all(c.shape != ladder()[0] for c in setups + no_fit):
-        ok, bad = _price([ladder()[0]], precs, seq_lens, ctx)
+    smallest = arch_ladder(ctx.arch)[0]
+    if all(c.shape != smallest for c in setups + no_fit):
+        ok, bad = _price([smallest], precs, seq_lens, ctx)
         setups, no_fit = ok + setups, bad + no_fit
     return setups, no_fit, fell_back
 
@@ -232,7 +246,7 @@ def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None) -> dict[str,
         "closed_form": {"params": n_top, "tokens": d_top,
                         "method": "Hoffmann et al. eq. 4" if law.form == "chinchilla"
                         else "numeric minimum of L(N, C/6N)"},
-        "top_candidate": {"params": law.n_of(top.params, top.non_embedding_params),
+        "top_candidate": {"params": law.n_of(top.active_params, top.active_non_embedding_params),
                           "tokens": top.tokens},
     }
     if unique is not None:
@@ -247,15 +261,39 @@ def _optimal_params(optimum: dict[str, Any]) -> float:
     return float((optimum.get("data_constrained") or optimum["closed_form"])["params"])
 
 
-def _fitted_defaults(law: laws.LossLaw, seq_lens: list[int] | None,
-                     precisions: list[str] | None) -> tuple[list[int] | None, list[str] | None]:
-    """A fitted law is a statement about the pilots' sequence length and precision."""
+def _context(law: laws.LossLaw, tgt: Target, info: DataInfo, optimizer: str, family: str,
+             arch: str) -> PlanContext:
+    """What pricing needs besides the shapes; the law's reference sequence length included."""
+    ref_seq = law.extra.get("seq_len") if law.kind == "fit" else REFERENCE_SEQ_LEN.get(law.name)
+    return PlanContext(tgt, law, info.unique, info.vocab, info.val_tokens, optimizer, family,
+                       ref_seq, arch)
+
+
+def _notes(top: Candidate, ctx: PlanContext, info: DataInfo, timed: list[str],
+           busy: str | None, short: bool) -> list[str]:
+    """The target's notes, then the plan's, with the recipe after the data and loss notes."""
+    untimed = (f"the budget is shorter than timing steps on this machine takes, up to "
+               f"{TIMING_SECONDS:.0f} s; --timing times them anyway") if short else None
+    notes = list(ctx.target.notes) + plan_notes(top, ctx, info.description, info.config,
+                                                info.given, timed, busy, untimed)
+    notes.insert(len(ctx.target.notes) + 2, describe_arch(ctx.arch, top.model))
+    return notes
+
+
+def _fitted_defaults(
+    law: laws.LossLaw, seq_lens: list[int] | None, precisions: list[str] | None,
+    arch: str | None,
+) -> tuple[list[int] | None, list[str] | None, str | None]:
+    """A fitted law is a statement about the pilots' sequence length, precision and recipe
+    (calibrate's pilots are gpt2 unless the fit says otherwise)."""
     if law.kind == "fit":
         if seq_lens is None and law.extra.get("seq_len"):
             seq_lens = [int(law.extra["seq_len"])]
         if precisions is None and law.extra.get("precision"):
             precisions = [str(law.extra["precision"])]
-    return seq_lens, precisions
+        if arch is None:
+            arch = str(law.extra.get("arch") or "gpt2")
+    return seq_lens, precisions, arch
 
 
 def plan(
@@ -274,6 +312,7 @@ def plan(
     seed: int = 0,
     timing_top: int = 3,
     spend_planning: bool = False,
+    arch: str | None = None,
 ) -> Plan:
     """Rank candidate configurations for `budget`; see the package docstring.
 
@@ -285,18 +324,21 @@ def plan(
     those when this machine's profile is used and the budget is longer than the timing,
     TIMING_SECONDS; a budget the estimates say buys nothing is refused before any timing);
     timing_top: how many are timed exactly.
+    arch: the recipe of the candidates, gpt2, llama or moe (`budgetlm.plan.arch`); default llama
+    on a GPU, gpt2 on a CPU and for a FLOP budget with no GPU (and the pilots' recipe for a
+    fitted law).
     spend_planning: a --time budget that counts from now: the time this planning takes (the
     timing of steps above all) comes out of the run's wall time.
     """
     t0 = time.perf_counter()
     _check_options(family, schedule, seq_lens, precisions)
+    check_arch(arch)
     law = laws.law_from_fit(fit) if fit is not None else laws.prior(prior)
-    seq_lens, precisions = _fitted_defaults(law, seq_lens, precisions)
+    seq_lens, precisions, arch = _fitted_defaults(law, seq_lens, precisions, arch)
     tgt = resolve_target(budget, profile)
     info = data_info(data, tokens, tgt)
-    ref_seq = law.extra.get("seq_len") if law.kind == "fit" else REFERENCE_SEQ_LEN.get(law.name)
-    ctx = PlanContext(tgt, law, info.unique, info.vocab, info.val_tokens, optimizer, family,
-                      ref_seq)
+    ctx = _context(law, tgt, info, optimizer, family, arch or default_arch(tgt.device))
+    arch = ctx.arch
     precs = precisions_for(tgt, precisions)
     if not precs:
         raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
@@ -322,11 +364,8 @@ def plan(
     if not ranked:
         raise UserError(why_nothing(budget, tgt, infeasible))
     axes = ("loss", "seconds", "memory_bytes") if tgt.kind == "flops" else ("loss", "memory_bytes")
-    untimed = (f"the budget is shorter than timing steps on this machine takes, up to "
-               f"{TIMING_SECONDS:.0f} s; --timing times them anyway") if short else None
-    notes = list(tgt.notes) + plan_notes(ranked[0], ctx, info.description, info.config,
-                                         info.given, timed, busy, untimed)
     optimum = _optimum(law, ranked[0], info.unique)
+    notes = _notes(ranked[0], ctx, info, timed, busy, short)
     limit = size_limit_note(ranked[0], _optimal_params(optimum), tgt, law, infeasible, fell_back)
     notes += [limit] if limit else []
     return Plan(
@@ -335,5 +374,5 @@ def plan(
         infeasible=infeasible, front=pareto(ranked, axes), pareto_axes=axes,
         optimum=optimum, notes=notes, timed=timed,
         optimizer=optimizer, schedule=schedule, family=family, seed=seed,
-        elapsed_s=time.perf_counter() - t0,
+        elapsed_s=time.perf_counter() - t0, arch=arch,
     )

@@ -21,6 +21,7 @@ from budgetlm.estimate import (
     model_flops_per_token,
     step_time,
 )
+from budgetlm.plan.arch import inactive_params, model_config
 from budgetlm.plan.budget import Target
 from budgetlm.plan.files import CandidateRecord
 from budgetlm.plan.ladder import Shape
@@ -76,7 +77,20 @@ class Candidate:
     reason: str = ""
     memory_model: Any = field(default=None, repr=False)
     estimated_tokens_per_s: float | None = None  # before timing real steps
+    family: str = "gpt"
     estimated_mfu: float | None = None
+    active_params: int = 0  # parameters a token passes through (MoE: top-k experts); 0: params
+    active_non_embedding_params: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.active_params:
+            self.active_params = self.params
+            self.active_non_embedding_params = self.non_embedding_params
+
+    @property
+    def model(self) -> ModelConfig:
+        """The candidate's model config."""
+        return model_config(self.shape, self.seq_len, self.vocab_size, self.family)
 
     @property
     def name(self) -> str:
@@ -103,6 +117,7 @@ class PlanContext:
     optimizer: str
     family: str
     ref_seq: int | None  # the sequence length the law's losses are for (context heuristic)
+    arch: str = "gpt2"  # the recipe candidates are built with (`plan.arch`)
 
 
 @dataclass(frozen=True)
@@ -121,14 +136,6 @@ class AffineMemory:
         while mb * 2 <= cap and self(mb * 2) <= limit:
             mb *= 2
         return mb
-
-
-def model_config(shape: Shape, seq_len: int, vocab: int, family: str) -> ModelConfig:
-    """The planner's model: `shape` with no biases, no dropout and tied embeddings."""
-    return ModelConfig(
-        family=family, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model,
-        vocab_size=vocab, seq_len=seq_len, bias=False, dropout=0.0, tie_embeddings=True,
-    )
 
 
 def estimator_config(m: ModelConfig, precision: str, micro_batch: int, checkpointing: bool,
@@ -174,6 +181,9 @@ def _price_in(shape: Shape, m: ModelConfig, precision: str,
     tgt = ctx.target
     pc = count_params(m)
     fl = model_flops_per_token(m)
+    inactive = inactive_params(m)
+    active = {"active_params": pc.total - inactive,
+              "active_non_embedding_params": pc.non_embedding - inactive, "family": m.family}
     cap = CPU_MICRO_BATCH_CAP if tgt.device == "cpu" else GPU_MICRO_BATCH_CAP
     dev = tgt.device if tgt.device in ("cpu", "cuda") else "cuda"
     base = estimator_config(m, precision, 1, False, ctx.optimizer, dev)
@@ -186,7 +196,7 @@ def _price_in(shape: Shape, m: ModelConfig, precision: str,
             else:
                 return Candidate(
                     shape, m.seq_len, precision, ctx.vocab, pc.total, pc.non_embedding, fl, 1, 1,
-                    tgt.devices, True, mem_ck(1), None, "", feasible=False,
+                    tgt.devices, True, mem_ck(1), None, "", feasible=False, **active,
                     reason=f"does not fit: {mem_ck(1) / 2**30:.1f} GiB at micro-batch 1 "
                            f"with checkpointing > {tgt.memory_limit / 2**30:.1f} GiB",
                 )
@@ -201,7 +211,7 @@ def _price_in(shape: Shape, m: ModelConfig, precision: str,
         source, mfu = st.source, st.mfu
     cand = Candidate(
         shape, m.seq_len, precision, ctx.vocab, pc.total, pc.non_embedding, fl, mb, 1,
-        tgt.devices, ckpt, mem(mb), rate, source,
+        tgt.devices, ckpt, mem(mb), rate, source, **active,
     )
     cand.mfu = cand.estimated_mfu = mfu
     cand.estimated_tokens_per_s = rate
@@ -273,9 +283,10 @@ def _batch_from_prior(c: Candidate, tokens: float, compute: float, tgt: Target) 
 
 
 def _predict_loss(c: Candidate, ctx: PlanContext) -> None:
-    """The law's loss at (N, D) with repeated epochs priced, plus the context heuristic."""
+    """The law's loss at (N, D) with repeated epochs priced, plus the context heuristic; N of
+    an MoE by `arch.MOE_LOSS_RULE` (its active parameters)."""
     law = ctx.law
-    n = law.n_of(c.params, c.non_embedding_params)
+    n = law.n_of(c.active_params, c.active_non_embedding_params)
     c.epochs = laws.epochs(c.tokens, ctx.unique)
     c.effective_tokens = (
         laws.effective_data(c.tokens, ctx.unique) if ctx.unique else float(c.tokens)

@@ -25,6 +25,7 @@ from budgetlm.config import (
     validate,
 )
 from budgetlm.estimate import model_flops_per_token
+from budgetlm.plan.arch import MOE_LOSS_RULE
 from budgetlm.plan.budget import Budget, Target
 from budgetlm.plan.pricing import TIME_EVALS, Candidate, model_config
 
@@ -94,6 +95,7 @@ def predicted(c: Candidate, *, law: laws.LossLaw, unique_tokens: int | None,
         "context_adjustment": c.context_adjustment,
         "extrapolated": c.extrapolated,
         "params": c.params,
+        "arch": c.shape.arch,
         "tokens": c.tokens,
         "epochs": c.epochs,
         "unique_tokens": unique_tokens,
@@ -105,6 +107,9 @@ def predicted(c: Candidate, *, law: laws.LossLaw, unique_tokens: int | None,
         "memory_bytes": c.memory_bytes,
         "budget_source": target.source,
     }
+    if c.active_params != c.params:
+        out["active_params"] = c.active_params
+        out["loss_rule"] = dict(MOE_LOSS_RULE)
     if c.loss_lo is not None:
         out["loss_lo"], out["loss_hi"] = c.loss_lo, c.loss_hi
         out["interval_level"] = float(law.extra.get("interval_level", 0.9))
@@ -139,8 +144,9 @@ def run_config(
             "predicted": predicted(c, law=law, unique_tokens=unique_tokens, target=target),
         }
     return RunConfig(
-        name=name or f"plan-{c.shape.name}", seed=seed,
-        model=model_config(c.shape, c.seq_len, c.vocab_size, family),
+        name=name or f"plan-{c.shape.name}" + ("" if c.shape.arch == "gpt2"
+                                                else f"-{c.shape.arch}"),
+        seed=seed, model=model_config(c.shape, c.seq_len, c.vocab_size, family),
         optim=optim_config(c, optimizer), schedule=schedule_config(c, schedule), data=data,
         train=train_config(c, target, **train_options), meta=meta,
     )

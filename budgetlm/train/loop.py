@@ -82,6 +82,7 @@ def build_engine(s: RunState) -> Engine:
     mb = t.micro_batch
     if mb == "auto":
         mb = resolve_micro_batch(s, model, opt)
+        models.expert_load(model)  # the probe's forwards are not training tokens
         s.cfg = with_values(cfg, {"train.micro_batch": mb})
     assert isinstance(mb, int)
     if t.grad_accum % s.dist.world != 0:
@@ -359,6 +360,11 @@ def eval_and_track(
         "kind": "eval", "step": c.step, "tokens": c.tokens, "val_loss": loss, "val_bpb": bpb,
         "elapsed": c.train_seconds, "flops": c.flops, "final": final,
     }
+    # tokens per expert of each MoE block in this rank's training steps since the last eval;
+    # not summed over ranks: they may evaluate at different moments (eval_time_interval)
+    load = models.expert_load(e.raw_model)
+    if load:
+        record["expert_load"] = load
     if s.dist.main:
         s.run.log(record)
     if s.on_eval is not None and not final:

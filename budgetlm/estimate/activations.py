@@ -1,0 +1,203 @@
+"""Activations a training step saves for backward, per token and by piece (no torch import).
+
+What PyTorch actually keeps, block by block: norms, attention (grouped-query attention keeps
+the smaller k/v heads; qk_norm its normalised q and k), the dense MLP, and a mixture-of-experts
+MLP for the tokens it routes: the router's input, logits and routing weights, and in each of a
+token's top-k experts and in the shared experts that expert's input, hidden activations and
+output. Checked against autograd's saved tensors (tests/test_estimate.py) and torch's
+MemTracker (benchmarks/memory_truth.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+from budgetlm.config import ModelConfig
+
+
+def bytes_per_element(precision: str) -> int:
+    """Bytes of an activation element in the compute dtype."""
+    return 4 if precision == "fp32" else 2
+
+
+def _norm_saved(m: ModelConfig, device: str) -> float:
+    """Bytes per token a norm keeps for backward: its fp32 input (the residual stream) plus
+    fp32 statistics; torch's composite RMSNorm (CPU) also keeps the normalised fp32 input."""
+    d = m.d_model
+    if m.norm == "layernorm":
+        return 4 * d + 8  # input + mean + rstd
+    extra = 4 * d if device == "cpu" else 0  # CUDA dispatches to the fused aten::_fused_rms_norm
+    return 4 * d + 4 + extra  # input + rstd
+
+
+def _mask_bytes(device: str, dtype_bytes: int) -> int:
+    """A dropout mask per element: CUDA's fused dropout keeps a bool mask (1 B); the CPU path
+    keeps a scaled mask in the dropped tensor's dtype."""
+    return 1 if device != "cpu" else dtype_bytes
+
+
+def _attention_saved(
+    m: ModelConfig, c: int, device: str, dropout: bool, eager: bool, autocast: bool
+) -> float:
+    """Bytes per token saved by one self-attention (projections included), as pieces.
+
+    Korthikanti et al. 2022 §4.1 (16-bit, unfused): 11·s·b·h + 5·a·s²·b bytes:
+    projection input 2sbh, Q and K 4sbh, V 2sbh, output-projection input 2sbh, dropout mask sbh,
+    softmax output 2as²b, its dropout mask as²b and dropout output 2as²b.
+    """
+    d, H, T, inner = m.d_model, m.n_head, m.seq_len, m.n_head * m.head_dim
+    b = c * d  # qkv projection input (cast copy under autocast)
+    if dropout:
+        b += d * _mask_bytes(device, c)  # residual dropout mask
+    b += c * inner  # attention output = output-projection input (same storage with SDPA)
+    if not eager and dropout and device == "cpu":
+        # CPU SDPA has no fused dropout: the math fallback upcasts q, k, v to fp32 copies and
+        # keeps fp32 softmax output, dropout mask and dropout output.
+        return b + 3 * 4 * inner + H * T * 12
+    if eager:
+        b += 3 * c * inner  # q, k, v as the matmuls keep them (reshaped copies of the views)
+        if m.qk_norm:
+            b += _qk_norm_saved(m, c, device, autocast) - c * inner
+        if m.positions == "rope" and H == 1:
+            b += 2 * c * inner  # one head: v's reshape is a view, keeping the whole projection
+        # softmax output: fp32 under CUDA autocast (softmax is on its fp32 list), else compute
+        # dtype. The AV matmul keeps its own 16-bit input: the dropout output, or a cast copy
+        # of the softmax output when dtypes differ.
+        soft = 4 if (c == 4 or (autocast and device != "cpu")) else c
+        if dropout:
+            per_score = soft + _mask_bytes(device, soft) + c
+        else:
+            per_score = soft + (c if soft != c else 0)
+        return b + H * T * per_score
+    kv_inner = m.kv_heads * m.head_dim
+    b += c * (inner + 2 * kv_inner)  # q, k, v: views of one projection output, kept by SDPA
+    if m.qk_norm:
+        b += _qk_norm_saved(m, c, device, autocast)
+    elif m.positions == "rope":
+        b += c * (inner + kv_inner)  # rotated q and k are new tensors (v keeps the projection)
+    return b + 4 * H  # SDPA (flash / memory-efficient): fp32 logsumexp per head, no scores
+
+
+def _qk_norm_saved(m: ModelConfig, c: int, device: str, autocast: bool) -> float:
+    """qk_norm before SDPA, per token (measured on CPU; rotary then adds nothing more): per q
+    and k element the normalised fp32 tensor and the norm's output (and, under autocast, the
+    fp32 upcast of the input), an fp32 rstd per head, and a further q-sized tensor. CUDA's
+    fused RMSNorm (fp32, dtypes matching) keeps only input and rstd."""
+    inner, kv_inner = m.n_head * m.head_dim, m.kv_heads * m.head_dim
+    per_element = c + 4 + (4 if autocast else 0)
+    if device != "cpu" and not autocast:
+        per_element = c
+    return (inner + kv_inner) * per_element + c * inner + 4 * (m.n_head + m.kv_heads)
+
+
+def _mlp_saved(
+    m: ModelConfig, c: int, dropout: bool, autocast: bool, device: str, f: int | None = None
+) -> float:
+    """Bytes per token saved by one MLP. Korthikanti et al. 2022: 19·s·b·h for a 4h GELU MLP
+    (input 2sbh, GELU input 8sbh, GELU output 8sbh, dropout mask sbh) — here with the real
+    width f and activation: GELU keeps its input and the down projection its output (2·f);
+    ReLU keeps only its output, which is the down projection's input (1·f); SwiGLU keeps the
+    gate, silu(gate), up and their product (4·f) and, under autocast, a second cast input."""
+    d, f = m.d_model, m.ff if f is None else f
+    if m.mlp == "swiglu":
+        b = c * d * (2 if autocast else 1) + 4 * c * f
+    elif m.mlp == "gelu":
+        b = c * d + 2 * c * f
+    else:
+        b = c * d + c * f
+    if dropout:
+        b += d * _mask_bytes(device, c)
+    return b
+
+
+def _moe_saved(m: ModelConfig, c: int, dropout: bool, autocast: bool, device: str) -> float:
+    """Bytes per token saved by one MoE MLP (dropless top-k routing): the router's input and
+    logits (compute dtype), the fp32 softmax and the top-k weights and int64 indices with their
+    normalising sum; then, in each of the token's n_expert_active routed experts, the gathered
+    input, the expert's hidden activations as in a dense MLP of width expert_ff, the expert's
+    output that the routing weight multiplies and the weight and index; and a dense MLP of
+    width expert_ff per shared expert (which reads the block's input)."""
+    d, f, k, E = m.d_model, m.expert_ff, m.n_expert_active, m.n_expert
+    router = c * d + (c + 4) * E + 12 * k + 4
+    expert = _mlp_saved(m, c, False, autocast, device, f) + c * d + 12
+    shared = m.n_shared_expert * _mlp_saved(m, c, False, autocast, device, f)
+    mask = d * _mask_bytes(device, c) if dropout else 0
+    return router + k * expert + shared + mask
+
+
+def layer_activation_bytes(
+    m: ModelConfig, precision: str = "bf16", device: str = "cuda", cross_attention: bool = False,
+    moe: bool = False,
+) -> float:
+    """Bytes per token one block keeps for backward (Korthikanti et al. 2022, eq. 1, by piece).
+
+    Differences from the paper's 34·s·b·h + 5·a·s²·b, all from what PyTorch actually saves:
+    the residual stream is fp32 (parameters stay fp32 under autocast, so the two norm inputs
+    cost 4 B/element, not 2); the MLP uses its real width and activation; d_head·h may differ
+    from d; with SDPA the 5·a·s²·b term is replaced by a logsumexp per head; dropout masks
+    exist only when dropout > 0 (torch skips dropout at p = 0). moe: a block whose MLP is a
+    mixture of experts (`_moe_saved`).
+    """
+    c = bytes_per_element(precision)
+    autocast = precision != "fp32"
+    dropout = m.dropout > 0
+    eager = m.attention == "eager" or (m.family == "t5" and m.positions == "relative")
+    b = 2 * _norm_saved(m, device)
+    b += _attention_saved(m, c, device, dropout, eager, autocast)
+    if moe:
+        b += _moe_saved(m, c, dropout, autocast, device)
+    else:
+        b += _mlp_saved(m, c, dropout, autocast, device)
+    if cross_attention:  # t5 decoder: one more norm + attention over the encoder output
+        b += _norm_saved(m, device) + _attention_saved(m, c, device, dropout, eager, autocast)
+    return b
+
+
+def _final_activation_bytes(m: ModelConfig, precision: str, device: str) -> float:
+    """Per token, outside the blocks: final norm and head inputs (and BERT's embedding norm
+    and MLM transform: dense input, GELU input, fp32 norm input, decoder input)."""
+    c, d = bytes_per_element(precision), m.d_model
+    b = _norm_saved(m, device) + c * d  # ln_f input, LM-head input
+    if m.family == "bert":
+        b += _norm_saved(m, device)  # embedding norm
+        b += 2 * c * d + _norm_saved(m, device)  # head.dense input, GELU input, head.norm input
+    if m.family == "t5":
+        b += _norm_saved(m, device)  # the encoder's final norm
+    if m.dropout > 0:
+        b += d * _mask_bytes(device, 4)  # embedding dropout mask (fp32 embedding sum)
+    return b
+
+
+def activation_pieces(
+    m: ModelConfig, precision: str, device: str
+) -> tuple[float, float, int, float]:
+    """Per token: (largest block, all blocks, number of blocks, outside the blocks)."""
+    enc = layer_activation_bytes(m, precision, device)
+    if m.family == "t5":
+        dec = layer_activation_bytes(m, precision, device, cross_attention=True)
+        dec += bytes_per_element(precision) * m.d_model  # encoder output cast for cross K/V
+        n = m.n_layer + m.decoder_layers
+        largest = max(enc, dec) if m.decoder_layers else enc
+        blocks = enc * m.n_layer + dec * m.decoder_layers
+    elif m.moe_layers:
+        moe = layer_activation_bytes(m, precision, device, moe=True)
+        dense = m.n_layer - m.moe_layers
+        n, largest = m.n_layer, max(moe, enc) if dense else moe
+        blocks = enc * dense + moe * m.moe_layers
+    else:
+        n, largest, blocks = m.n_layer, enc, enc * m.n_layer
+    return largest, blocks, n, _final_activation_bytes(m, precision, device)
+
+
+def activation_bytes(
+    m: ModelConfig, micro_batch: int, precision: str, checkpointing: bool, device: str = "cuda"
+) -> int:
+    """Bytes of saved activations for one micro-batch at the end of the forward pass (logits
+    excluded). Under checkpointing (Korthikanti et al. 2022 §4.2, full recompute) each block
+    keeps only its input, the fp32 residual stream; the recompute of one block during the
+    backward pass is counted in the phase it happens in (`budgetlm.estimate.phases`)."""
+    tokens = micro_batch * m.seq_len
+    _largest, blocks, n, final = activation_pieces(m, precision, device)
+    per_token = (4 * m.d_model * n if checkpointing else blocks) + final
+    return int(math.ceil(tokens * per_token))
+

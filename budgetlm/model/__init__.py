@@ -1,0 +1,61 @@
+"""GPT (causal LM) and BERT-style (masked LM) transformers, read top to bottom: `layers`
+(norms, rotary, attention), `mlp` (dense MLP, mixture of experts), `transformer` (the block and
+what both families share), `gpt`, `bert`.
+
+nanoGPT-style: one `Block` (pre-norm attention + MLP) shared by both families, every option of
+`ModelConfig` honoured (learned or rotary positions, LayerNorm or RMSNorm, GELU/ReLU/SwiGLU MLP,
+biases on or off, tied embeddings, fused SDPA or eager attention, dropout, per-head width that
+may differ from d_model / n_head, grouped-query attention, qk-norm, sliding window, mixture of
+experts). Parameter names here are mirrored by `budgetlm.estimate.param_shapes`, which the
+tests compare name by name:
+
+    blocks.{i}.ln_1, blocks.{i}.attn.c_attn (fused q | k | v: (n_head + 2·kv_heads)·head_dim
+    rows), blocks.{i}.attn.c_proj, blocks.{i}.attn.q_norm / k_norm (qk_norm: head_dim each),
+    blocks.{i}.ln_2, then a dense blocks.{i}.mlp.{w1,w3,w2 | c_fc,c_proj} or an MoE
+    blocks.{i}.mlp.router (n_expert x d, no bias), blocks.{i}.mlp.experts.{e}.{...},
+    blocks.{i}.mlp.shared.{s}.{...}
+
+Loss = mean cross-entropy over targets != -100, computed in fp32 (`logits.float()`); in
+training mode an MoE model adds router_aux_coef x its load-balancing loss (validation loss is
+the plain cross-entropy).
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from budgetlm.config import ModelConfig
+from budgetlm.errors import UserError
+from budgetlm.model.bert import N_TOKEN_TYPES, BertMLM, MLMHead, mlm_mask
+from budgetlm.model.gpt import GPT
+from budgetlm.model.layers import Rotary, SelfAttention, make_norm, window_mask
+from budgetlm.model.mlp import MLP, MoE, route
+from budgetlm.model.transformer import IGNORE_INDEX, Block, TransformerBase
+
+__all__ = [
+    "GPT", "IGNORE_INDEX", "MLP", "N_TOKEN_TYPES", "BertMLM", "Block", "MLMHead", "MoE", "Rotary",
+    "SelfAttention", "TransformerBase", "build_model", "expert_load", "make_norm", "mlm_mask",
+    "n_params", "route", "window_mask",
+]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised GPT or BertMLM for `cfg` (t5 is estimate-only)."""
+    if cfg.family == "gpt":
+        return GPT(cfg)
+    if cfg.family == "bert":
+        return BertMLM(cfg)
+    raise UserError(f"model.family: {cfg.family} is supported by estimate only, not by build_model")
+
+
+def n_params(model: nn.Module) -> int:
+    """Parameters of `model`, tied tensors counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def expert_load(model: nn.Module) -> list[list[int]]:
+    """Tokens per expert of each MoE block since the last call, and clear them ([] for a dense
+    model or one that is not a budgetlm transformer)."""
+    if isinstance(model, TransformerBase):
+        return model.take_expert_load()
+    return []
