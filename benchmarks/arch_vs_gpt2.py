@@ -17,33 +17,19 @@ Prints a table and appends it to benchmarks/RESULTS.md. Takes about 2 x (T + ~40
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, machine, make_corpus, reevaluate  # noqa: E402
+from common import append_results, machine, make_corpus, reevaluate, run_cli  # noqa: E402
 
 ARCHS = ("llama", "gpt2")
 
 
-def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "budgetlm", *args, "--json"], capture_output=True, text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"budgetlm {' '.join(args)} failed (exit {out.returncode})")
-    return json.loads(out.stdout), wall
 
 
 def _run_arch(arch: str, corpus: Path, seconds: float, work: Path,
@@ -51,14 +37,14 @@ def _run_arch(arch: str, corpus: Path, seconds: float, work: Path,
     """Plan with `--arch arch`, train the exported plan, re-evaluate it: one table row."""
     d = work / arch
     d.mkdir(parents=True, exist_ok=True)
-    plan, plan_wall = _cli("plan", "--time", f"{seconds:g}s", "--arch", arch, "--data",
+    plan, plan_wall = run_cli("plan", "--time", f"{seconds:g}s", "--arch", arch, "--data",
                            str(corpus), "--tokenizer", "char", "-o", str(d / "plan.yaml"),
                            env=env)
     top = plan["top"]
     print(f"{arch}: plan ({plan_wall:.1f} s) -> {top['name']}, {top['params']:,} params, "
           f"lr {top['lr']:.3g}, batch {top['micro_batch']}x{top['grad_accum']}, "
           f"{top['time_source']}", flush=True)
-    res, _ = _cli("train", str(d / "plan.yaml"), "--run-dir", str(d / "run"), env=env)
+    res, _ = run_cli("train", str(d / "plan.yaml"), "--run-dir", str(d / "run"), env=env)
     loss, bpb, n = reevaluate(Path(res["run_dir"]))
     print(f"{arch}: {res['steps']} steps, {res['tokens']:,} tokens, val bpb "
           f"{res['val_bpb']:.4f} (run's eval), {bpb:.4f} (whole val split)", flush=True)

@@ -21,32 +21,20 @@ the pilots' and runs' timings are the measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, machine, reevaluate  # noqa: E402
+from common import append_results, machine, reevaluate, run_cli  # noqa: E402
 
 DATA = ["--data", "builtin:pystdlib", "--tokenizer", "byte"]
 
 
-def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "budgetlm", *args, "--json"],
-                         capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"budgetlm {' '.join(args)} failed (exit {out.returncode})")
-    return json.loads(out.stdout), wall
 
 
 def _seconds(text: str) -> float:
@@ -57,7 +45,7 @@ def _seconds(text: str) -> float:
 
 def _run(label: str, cfg: Path, run_dir: Path, env: dict[str, str]) -> dict:
     print(f"[{label}] budgetlm train {cfg}", flush=True)
-    res, wall = _cli("train", str(cfg), "--run-dir", str(run_dir), "--quiet", env=env)
+    res, wall = run_cli("train", str(cfg), "--run-dir", str(run_dir), "--quiet", env=env)
     loss, bpb, _ = reevaluate(run_dir)
     return {"label": label, "res": res, "wall": wall, "whole_loss": loss, "whole_bpb": bpb}
 
@@ -95,19 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         load0 = float("nan")
 
     print(f"[calibrate] budget {total:.0f} s, workdir {work}", flush=True)
-    fit, cal_wall = _cli("calibrate", *DATA, "--time", f"{total}s", "--pilot-fraction",
+    fit, cal_wall = run_cli("calibrate", *DATA, "--time", f"{total}s", "--pilot-fraction",
                          str(args.pilot_fraction), "-o", str(work / "fit.json"), "--quiet",
                          env=env)
     plan_yaml = Path(fit["plan_path"])
     rest = total - cal_wall  # what the user has left: the whole calibrate command counted
     fitted = _run("fitted plan", plan_yaml, work / "fitted", env)
 
-    prior_plan, _ = _cli("plan", "--time", f"{rest:.1f}s", *DATA, "-o",
+    prior_plan, _ = run_cli("plan", "--time", f"{rest:.1f}s", *DATA, "-o",
                          str(work / "prior.yaml"), env=env)
     prior = _run("prior plan", work / "prior.yaml", work / "prior", env)
     runs = [fitted, prior]
     if args.strict_prior:
-        _cli("plan", "--time", f"{total:.1f}s", *DATA, "-o", str(work / "prior_full.yaml"),
+        run_cli("plan", "--time", f"{total:.1f}s", *DATA, "-o", str(work / "prior_full.yaml"),
              env=env)
         runs.append(_run("prior plan, whole budget", work / "prior_full.yaml",
                          work / "prior_full", env))

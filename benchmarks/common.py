@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
 import platform
+import subprocess
+import sys
 import sysconfig
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -79,3 +83,16 @@ def append_results(text: str) -> None:
     existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text + "\n")
     print(f"appended to {RESULTS}")
+
+
+def run_cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
+    """`budgetlm ARGS --json` in a fresh process: its JSON answer and wall seconds; a failure
+    stops the benchmark with the command's stderr."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "budgetlm", *args, "--json"],
+                         capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"budgetlm {' '.join(args)} failed (exit {out.returncode})")
+    return json.loads(out.stdout), wall

@@ -23,12 +23,14 @@ import argparse
 import datetime as dt
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from budgetlm.config import ModelConfig, RunConfig
 from budgetlm.estimate import memory_breakdown
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory_accuracy import Row  # noqa: E402  (one grid row, shared with the GPU check)
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
@@ -47,18 +49,6 @@ SHAPES: dict[str, dict[str, Any]] = {
 SMALL_SHAPES = ("gpt-nano", "gpt-micro", "llama-micro", "gpt-short")
 
 
-@dataclass(frozen=True)
-class Row:
-    shape: str
-    micro_batch: int
-    precision: str
-    checkpointing: bool
-    optimizer: str
-
-    @property
-    def label(self) -> str:
-        ck = "ckpt" if self.checkpointing else "-"
-        return f"{self.shape} b={self.micro_batch} {self.precision} {ck} {self.optimizer}"
 
 
 def _rows(shape: str, spec: list[tuple[int, str, bool, str]]) -> list[Row]:

@@ -23,32 +23,13 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, machine, make_corpus, reevaluate  # noqa: E402
-
-
-def _cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "budgetlm", *args, "--json"], capture_output=True, text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"budgetlm {' '.join(args)} failed (exit {out.returncode})")
-    return json.loads(out.stdout), wall
-
-
-
-
+from common import append_results, machine, make_corpus, reevaluate, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {corpus} ({corpus.stat().st_size:,} bytes)", flush=True)
 
     secs = f"{args.time:g}s"
-    plan, plan_wall = _cli("plan", "--time", secs, "--data", str(corpus), "--tokenizer", "char",
+    plan, plan_wall = run_cli("plan", "--time", secs, "--data", str(corpus), "--tokenizer", "char",
                            "-o", str(work / "plan.yaml"), env=env)
     top = plan["top"]
     print(f"plan ({plan_wall:.1f} s): {top['name']}, {top['params']:,} params, lr {top['lr']:.3g},"
@@ -87,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = []
     for label, cmd in runs.items():
-        res, wall = _cli(*cmd, env=env)
+        res, wall = run_cli(*cmd, env=env)
         loss, bpb, n = reevaluate(Path(res["run_dir"]))
         cfg = json.loads(json.dumps(res.get("predicted", {})))
         rows.append({
