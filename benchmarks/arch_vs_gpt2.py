@@ -20,12 +20,11 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, machine, make_corpus, reevaluate, run_cli  # noqa: E402
+from common import append_results, machine, prepare_workdir, reevaluate, run_cli  # noqa: E402
 
 ARCHS = ("llama", "gpt2")
 
@@ -102,14 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch intra-op threads (OMP_NUM_THREADS) for plan, train, evaluation")
     args = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="budgetlm-arch-vs-gpt2-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the re-evaluation below
-    corpus = make_corpus(work / "stdlib_docstrings.txt")
-    print(f"corpus: {corpus} ({corpus.stat().st_size:,} bytes)", flush=True)
+    work, env, corpus = prepare_workdir(args.workdir, "budgetlm-arch-vs-gpt2-", args.threads)
     rows = [_run_arch(a, corpus, args.time, work, env) for a in ARCHS]
     text = _report(rows, args.time, corpus, args.threads, load0)
     print()

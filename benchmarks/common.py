@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import platform
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,3 +98,19 @@ def run_cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
         sys.stderr.write(out.stderr[-4000:])
         raise SystemExit(f"budgetlm {' '.join(args)} failed (exit {out.returncode})")
     return json.loads(out.stdout), wall
+
+
+def prepare_workdir(workdir: Path | None, prefix: str,
+                    threads: int | None) -> tuple[Path, dict[str, str], Path]:
+    """A head-to-head's working directory (given or temporary), the environment its `budgetlm`
+    processes run in (OMP_NUM_THREADS=threads when given, also for this process's own
+    re-evaluation), and the offline corpus written there."""
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    corpus = make_corpus(work / "stdlib_docstrings.txt")
+    print(f"corpus: {corpus} ({corpus.stat().st_size:,} bytes)", flush=True)
+    return work, env, corpus

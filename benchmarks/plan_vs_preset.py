@@ -24,12 +24,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, machine, make_corpus, reevaluate, run_cli  # noqa: E402
+from common import append_results, machine, prepare_workdir, reevaluate, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,14 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                          "2-core machine 1 keeps other processes from collapsing throughput")
     args = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="budgetlm-plan-vs-preset-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the re-evaluation below
-    corpus = make_corpus(work / "stdlib_docstrings.txt")
-    print(f"corpus: {corpus} ({corpus.stat().st_size:,} bytes)", flush=True)
+    work, env, corpus = prepare_workdir(args.workdir, "budgetlm-plan-vs-preset-", args.threads)
 
     secs = f"{args.time:g}s"
     plan, plan_wall = run_cli("plan", "--time", secs, "--data", str(corpus), "--tokenizer", "char",
