@@ -27,6 +27,8 @@ from budgetlm.config.schema import (
     OPTIMIZERS,
     PRECISIONS,
     DataConfig,
+    FinetuneConfig,
+    LoraConfig,
     ModelConfig,
     OptimConfig,
     Prediction,
@@ -39,7 +41,8 @@ from budgetlm.config.schema import (
 )
 
 __all__ = [
-    "LARGE_PRESETS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "DataConfig", "ModelConfig",
+    "LARGE_PRESETS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "DataConfig", "FinetuneConfig",
+    "LoraConfig", "ModelConfig",
     "OptimConfig", "Prediction", "RunConfig", "ScheduleConfig", "StrictModel", "TrainConfig",
     "apply_overrides", "check_path", "dump_config", "json_schema", "load_config",
     "parse_override", "preset", "read_yaml", "set_path", "to_yaml", "tokens_per_step",

@@ -22,8 +22,11 @@ OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adafactor", "lion", 
 ScheduleName = Literal["constant", "linear", "cosine", "wsd"]
 ScheduleDriver = Literal["auto", "steps", "time", "tokens", "flops"]
 Precision = Literal["fp32", "bf16", "fp16"]
-TokenizerName = Literal["byte", "char", "bpe"]
+TokenizerName = Literal["byte", "char", "bpe", "pretrained"]
 Device = Literal["auto", "cpu", "cuda"]
+FinetuneMethod = Literal["full", "lora"]
+FrozenQuant = Literal["none", "nf4"]
+Parallel = Literal["ddp", "fsdp", "hsdp"]
 
 OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
 PRECISIONS: tuple[str, ...] = Precision.__args__  # type: ignore[attr-defined]
@@ -93,6 +96,16 @@ class ModelConfig(StrictModel):
     router_aux_coef: float = Field(
         0.01, ge=0.0,
         description="weight of the load-balancing loss (Switch Transformer, Fedus et al. 2022)",
+    )
+    fused_qkv: bool = Field(
+        True,
+        description="one Linear for q|k|v (`attn.c_attn`, GPT-2's layout) or three "
+        "(`attn.q_proj`, `k_proj`, `v_proj`, Llama's layout; what LoRA adapters target)",
+    )
+    from_pretrained: str | None = Field(
+        None,
+        description="a local Hugging Face model directory (config.json + *.safetensors): its "
+        "config sets the shape, its weights the start; never a network call",
     )
 
     @model_validator(mode="after")
@@ -197,7 +210,10 @@ class DataConfig(StrictModel):
         "synthetic:markov[:k=v,...]",
     )
     val_source: str | None = Field(None, description="explicit validation source (else a split)")
-    tokenizer: TokenizerName = Field("byte", description="byte, char or bpe")
+    tokenizer: TokenizerName = Field(
+        "byte",
+        description="byte, char, bpe, or pretrained (the tokenizer.json of model.from_pretrained)",
+    )
     bpe_vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size")
     text_field: str = Field("text", description="field (jsonl) or column (parquet) with the text")
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="held-out share of the corpus")
@@ -241,6 +257,16 @@ class TrainConfig(StrictModel):
     )
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")
     init_from: str | None = Field(None, description="start weights from this checkpoint")
+    parallel: Parallel = Field(
+        "ddp",
+        description="under torchrun: ddp (replicate), fsdp (FSDP2 fully_shard per block) or "
+        "hsdp (shard within a node, replicate across nodes)",
+    )
+    reshard_after_forward: bool = Field(
+        True,
+        description="fsdp/hsdp: free each block's gathered weights after forward and gather "
+        "again in backward (ZeRO-3); false keeps them (ZeRO-2-like, more memory, less traffic)",
+    )
 
     @field_validator("micro_batch", mode="before")
     @classmethod
@@ -261,6 +287,44 @@ class TrainConfig(StrictModel):
         )
 
 
+class LoraConfig(StrictModel):
+    """Low-rank adapters (Hu et al. 2021) through `peft`: W x + (alpha / rank) B A x."""
+
+    rank: int = Field(8, ge=1, description="adapter rank r")
+    alpha: float = Field(16.0, gt=0.0, description="scaling numerator: updates scale by alpha/r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="module names to adapt (last name component, e.g. q_proj, v_proj, c_attn, "
+        "w1) or all-linear (every Linear of the blocks; not the LM head)",
+    )
+    train_norms: bool = Field(False, description="also train the norm weights")
+    train_head: bool = Field(False, description="also train the LM head (and a tied embedding)")
+
+
+class FinetuneConfig(StrictModel):
+    """What trains: every weight (full; pretraining is a full run from random init) or
+    low-rank adapters on frozen weights (lora)."""
+
+    method: FinetuneMethod = Field(
+        "full",
+        description="full (every weight trains) or lora (adapters train; the frozen weights "
+        "are held in the training precision: bf16/fp16 runs keep them in 16 bits)",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    quantize: FrozenQuant = Field(
+        "none",
+        description="nf4: QLoRA-style 4-bit frozen weights (Dettmers et al. 2023) -- an "
+        "estimate for plans only; the trainer does not quantize",
+    )
+
+    @model_validator(mode="after")
+    def _check_quantize(self) -> FinetuneConfig:
+        if self.quantize != "none" and self.method != "lora":
+            raise ValueError("quantize applies to method lora only")
+        return self
+
+
 class RunConfig(StrictModel):
     """Everything one training run needs. A file of this shape is what `budgetlm train` runs."""
 
@@ -273,6 +337,7 @@ class RunConfig(StrictModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     meta: dict[str, Any] = Field(
         default_factory=dict, description="free-form notes (plan predictions, provenance)"
     )

@@ -16,6 +16,7 @@ this package must not import torch (a test checks).
 """
 
 from budgetlm.estimate.activations import activation_bytes, layer_activation_bytes
+from budgetlm.estimate.finetune import LoraTarget, lora_targets
 from budgetlm.estimate.flops import (
     MAX_FLOPS_PER_TOKEN,
     Flops,
@@ -63,6 +64,8 @@ __all__ = [
     "MEASURED_TO_DATASHEET",
     "Estimate",
     "Flops",
+    "LoraTarget",
+    "lora_targets",
     "Memory",
     "ParamCount",
     "ParamSpec",
