@@ -16,7 +16,7 @@ from budgetlm.errors import UserError
 Family = Literal["gpt", "bert", "t5"]
 Positions = Literal["learned", "rope", "relative"]
 Norm = Literal["layernorm", "rmsnorm"]
-Mlp = Literal["gelu", "relu", "swiglu"]
+Mlp = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
 Attention = Literal["sdpa", "eager"]
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adafactor", "lion", "lamb", "muon"]
 ScheduleName = Literal["constant", "linear", "cosine", "wsd"]
@@ -56,7 +56,11 @@ class ModelConfig(StrictModel):
     seq_len: int = Field(64, ge=1, description="context length in tokens")
     positions: Positions = Field("learned", description="learned, rope or relative (t5 bias)")
     norm: Norm = Field("layernorm", description="layernorm or rmsnorm")
-    mlp: Mlp = Field("gelu", description="gelu, relu or swiglu (gated; three matrices)")
+    mlp: Mlp = Field(
+        "gelu",
+        description="gelu, gelu_tanh (GPT-2's tanh approximation), relu or swiglu (gated; "
+        "three matrices)",
+    )
     bias: bool = Field(True, description="biases in linear layers and norms")
     tie_embeddings: bool = Field(True, description="share the input embedding with the LM head")
     attention: Attention = Field(
