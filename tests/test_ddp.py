@@ -1,4 +1,5 @@
-"""DDP through torchrun on CPU (gloo): same global batch and seed -> same loss curve."""
+"""DDP through torchrun on CPU (gloo): same global batch and seed -> same loss curve. The helpers
+here also serve tests/test_fsdp.py."""
 
 from __future__ import annotations
 
@@ -18,34 +19,41 @@ SETS = [
 ]
 
 
-def _losses(run: Path) -> list[float]:
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+SINGLE = (sys.executable,)
+TWO_RANKS = ("torchrun", "--standalone", "--nproc-per-node", "2")
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="no torchrun")
+
+
+def losses(run: Path) -> list[float]:
+    """The training loss of each logged step of a run."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x)["loss"] for x in lines if '"train"' in x]
 
 
-def _cmd(*prefix: str, run: Path) -> list[str]:
-    args = [*prefix, "-m", "budgetlm", "train", "tiny", "--run-dir", str(run), "--quiet", "--json"]
-    for s in SETS:
+def train_cmd(*prefix: str, run: Path, sets: list[str] = SETS, resume: bool = False) -> list[str]:
+    """`budgetlm train tiny` (or `--resume`) behind `prefix` (python or torchrun)."""
+    where = ["--resume", str(run)] if resume else ["tiny", "--run-dir", str(run)]
+    args = [*prefix, "-m", "budgetlm", "train", *where, "--quiet", "--json"]
+    for s in sets:
         args += ["--set", s]
     return args
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def run_ok(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` (at most 300 s); it must succeed."""
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@needs_torchrun
 def test_torchrun_two_ranks_match_single_process(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    single = subprocess.run(
-        _cmd(sys.executable, run=tmp_path / "one"), capture_output=True, text=True, env=env,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run(
-        _cmd("torchrun", "--standalone", "--nproc-per-node", "2", run=tmp_path / "two"),
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    run_ok(train_cmd(*SINGLE, run=tmp_path / "one"))
+    ddp = run_ok(train_cmd(*TWO_RANKS, run=tmp_path / "two"))
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["world_size"] == 2
     assert json.loads(ddp.stdout)["world_size"] == 2  # only rank 0 printed
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 6
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4

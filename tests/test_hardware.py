@@ -16,6 +16,7 @@ from budgetlm.errors import UserError
 from budgetlm.hardware import (
     DTYPE_KEYS,
     GPU_SPECS,
+    PEAK_KEYS,
     GpuInfo,
     HardwareProfile,
     cache_path,
@@ -106,7 +107,7 @@ def test_gpu_specs_have_sources_and_positive_peaks() -> None:
         assert len(spec.source) > 20, key
         assert spec.memory_bytes >= 16 * GiB
         assert spec.bandwidth_bytes_per_s > 1e11
-        assert {"fp32", "fp16"} <= set(spec.peak_flops) <= set(DTYPE_KEYS)
+        assert {"fp32", "fp16"} <= set(spec.peak_flops) <= set(PEAK_KEYS)
         for dtype, flops in spec.peak_flops.items():
             assert flops > 1e12, (key, dtype)
         assert spec.peak_flops["fp16"] > spec.peak_flops["fp32"]  # tensor cores
@@ -131,6 +132,45 @@ def test_gpu_specs_match_design_table() -> None:
                   "v100-16gb": 16, "l4": 24, "t4": 16, "rtx-4090": 24}
     for key, gib in memory_gib.items():
         assert GPU_SPECS[key].memory_bytes == gib * GiB
+
+
+def test_new_datasheet_rows_carry_dense_peaks_and_sources() -> None:
+    expected = {
+        ("b200", "bf16"): 2.25e15, ("b200", "tf32"): 1.1e15, ("b200", "fp32"): 75e12,
+        ("b200", "fp8"): 4.5e15, ("gb200", "bf16"): 2.5e15, ("gb200", "fp8"): 5e15,
+        ("gb200", "fp32"): 80e12, ("h20", "bf16"): 148e12, ("h20", "fp32"): 44e12,
+        ("mi300x", "bf16"): 1307.4e12, ("mi300x", "fp8"): 2614.9e12,
+        ("mi300x", "fp32"): 163.4e12, ("mi300x", "tf32"): 653.7e12,
+    }
+    for (key, dtype), flops in expected.items():
+        assert GPU_SPECS[key].peak_flops[dtype] == pytest.approx(flops, rel=0.001), (key, dtype)
+    memory_gib = {"b200": 180, "gb200": 186, "h20": 96, "mi300x": 192}
+    for key, gib in memory_gib.items():
+        assert GPU_SPECS[key].memory_bytes == gib * GiB
+    assert GPU_SPECS["mi300x"].source.startswith("AMD Instinct MI300X product page")
+    assert "fp8" not in GPU_SPECS["h20"].peak_flops  # no source gives it
+    for name, key in [("NVIDIA B200", "b200"), ("NVIDIA GB200", "gb200"), ("NVIDIA H20", "h20"),
+                      ("AMD Instinct MI300X", "mi300x"), ("H200", "h200")]:
+        assert lookup_gpu(name).key == key
+
+
+def test_fp8_peaks_are_dense_and_above_bf16() -> None:
+    with_fp8 = {k for k, s in GPU_SPECS.items() if "fp8" in s.peak_flops}
+    assert {"h100-sxm", "h100-pcie", "h200", "b200", "gb200", "mi300x", "l40s", "l4"} <= with_fp8
+    assert "fp8" not in DTYPE_KEYS and PEAK_KEYS == (*DTYPE_KEYS, "fp8")
+    for key in with_fp8:
+        peaks = GPU_SPECS[key].peak_flops
+        assert peaks["fp8"] == pytest.approx(2 * peaks["bf16"], rel=0.02), key  # L40S: 733 vs 724
+        assert "fp8" in GPU_SPECS[key].source.lower(), key
+    assert GPU_SPECS["h100-sxm"].peak_flops["fp8"] == pytest.approx(1979e12)
+
+
+def test_fp8_changes_nothing_a_profile_prints_or_prices() -> None:
+    prof = reference_profile("h100")
+    labels = [label for label, _value in prof.summary_rows() if label.startswith("Peak")]
+    assert labels == [f"Peak {k}" for k in DTYPE_KEYS]
+    assert prof.peak("bf16") == 989e12 and prof.peak("fp8") == 1979e12
+    assert prof.peak_source("fp8") == "datasheet"
 
 
 # ---------------------------------------------------------------------------------------------

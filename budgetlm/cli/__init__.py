@@ -5,7 +5,7 @@ modules (torch, optuna, pandas) are imported inside the commands that need them 
 `budgetlm estimate` and `budgetlm plan` answer in about a second.
 """
 
-from budgetlm.cli import calibrate, machine, plan, schema, train, tune  # noqa: F401  (register)
+from budgetlm.cli import calibrate, export, machine, plan, schema, train, tune  # noqa: F401
 from budgetlm.cli.root import app, main
 
 __all__ = ["app", "main"]

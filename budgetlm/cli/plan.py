@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.table import Table
 
-from budgetlm.cli.budget import data_config, parse_budget, parse_token_count
-from budgetlm.cli.plan_view import print_plan
+from budgetlm.cli.budget import data_config, parse_budget, parse_count, parse_token_count
+from budgetlm.cli.plan_view import cell_duration, print_plan
 from budgetlm.cli.root import JsonOpt, app, console, err_console, guarded, print_json
+from budgetlm.errors import UserError
+from budgetlm.plan import TIMED
 from budgetlm.plan import plan as run_plan
 from budgetlm.plan.arch import check_arch
+from budgetlm.units import format_count, short_bytes
 
 GpuHoursOpt = Annotated[
     str | None, typer.Option("--gpu-hours", metavar="H", help="GPU-hours of --gpu")
@@ -21,6 +27,15 @@ GpuOpt = Annotated[
     typer.Option("--gpu", help="GPU from the datasheet table (h100-sxm, a100, ...) or auto"),
 ]
 GpusOpt = Annotated[str, typer.Option("--gpus", metavar="K", help="GPUs in data parallel")]
+NodesOpt = Annotated[
+    str, typer.Option("--nodes", metavar="M", help="nodes the --gpus are spread over (whole "
+                      "GPUs each; the plan prices the communication between them)"),
+]
+InterconnectOpt = Annotated[
+    str | None,
+    typer.Option("--interconnect", metavar="NAME", help="network between the nodes: ib-ndr, "
+                 "ib-hdr, roce-400g, ethernet-100g or ethernet-25g (default: the GPU's usual)"),
+]
 FlopsOpt = Annotated[
     str | None, typer.Option("--flops", metavar="C", help="training FLOPs, e.g. 1e19")
 ]
@@ -41,7 +56,13 @@ TokensOpt = Annotated[
     typer.Option("--tokens", metavar="N", help="unique tokens available (instead of --data)"),
 ]
 PriorOpt = Annotated[
-    str, typer.Option("--prior", help="loss prior: epoch (default), chinchilla or kaplan")
+    str | None, typer.Option("--prior", help="loss prior: epoch (default), chinchilla or kaplan")
+]
+FinetuneOpt = Annotated[
+    Path | None,
+    typer.Option("--finetune", metavar="PATH", help="plan a fine-tune of this model: a local "
+                 "Hugging Face model directory (config.json) or a budgetlm run directory; "
+                 "needs --data"),
 ]
 FitOpt = Annotated[
     Path | None,
@@ -80,6 +101,8 @@ def plan(
     gpu_hours: GpuHoursOpt = None,
     gpu: GpuOpt = None,
     gpus: GpusOpt = "1",
+    nodes: NodesOpt = "1",
+    interconnect: InterconnectOpt = None,
     flops: FlopsOpt = None,
     time_budget: TimeOpt = None,
     cost: CostOpt = None,
@@ -87,7 +110,7 @@ def plan(
     data: DataOpt = None,
     tokenizer: TokenizerOpt = None,
     tokens: TokensOpt = None,
-    prior: PriorOpt = "epoch",
+    prior: PriorOpt = None,
     fit_file: FitOpt = None,
     seq_len: SeqLenOpt = None,
     precision: PrecisionOpt = None,
@@ -97,11 +120,20 @@ def plan(
     timing_alias: TimingAliasOpt = None,
     top: TopOpt = 10,
     output: OutputOpt = None,
+    finetune: FinetuneOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front."""
+    """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front.
+    With --finetune PATH: full or LoRA fine-tunes of that model on --data."""
     budget = parse_budget(gpu_hours=gpu_hours, flops=flops, time_budget=time_budget, cost=cost,
                           price=price, gpu=gpu, gpus=gpus)
+    budget = with_nodes(budget, nodes, interconnect, finetune is not None)
+    if finetune is not None:
+        given = {"--arch": arch, "--fit": fit_file, "--tokens": tokens, "--prior": prior}
+        _plan_finetune(budget, finetune, data, tokenizer, seq_len, precision, schedule_name,
+                       timing if timing is not None else timing_alias, given, top, output,
+                       json_out)
+        return
     check_arch(arch)
     fit = load_fit_file(fit_file) if fit_file is not None else None
     n_tokens = parse_token_count(tokens)
@@ -117,7 +149,7 @@ def plan(
             budget,
             data=data_cfg,
             tokens=n_tokens,
-            prior=prior,
+            prior=prior or "epoch",
             fit=fit,
             seq_lens=seq_len or None,
             precisions=precision or None,
@@ -139,6 +171,84 @@ def plan(
             f"{written[1]} ({len(result.candidates)} candidates)",
             highlight=False, soft_wrap=True,
         )
+
+
+def _plan_finetune(budget: Any, path: Path, data: str | None, tokenizer: str | None,
+                   seq_len: list[int] | None, precision: list[str] | None, schedule: str,
+                   timing: bool | None, given: dict[str, Any], top: int, output: Path | None,
+                   json_out: bool) -> None:
+    """`plan --finetune PATH`: rank fine-tunes of PATH on --data (--time: steps timed on this
+    machine unless --no-timing); print, --json or -o."""
+    from budgetlm.plan.finetune_plan import plan_finetune
+
+    for flag, value in given.items():
+        if value is not None:
+            raise UserError(f"{flag}: does not apply to --finetune (the model is PATH's, and "
+                            "no loss is predicted for a fine-tune)")
+    if data is None:
+        raise UserError("--finetune: needs --data (the fine-tuning corpus)")
+    status = None
+    if budget.kind == "time" and timing is not False and not json_out:
+        status = err_console.status("planning (timing fine-tunes on this machine)…")
+        status.start()
+    try:
+        result = plan_finetune(budget, path, data, tokenizer=tokenizer,
+                               seq_lens=seq_len or None, precisions=precision or None,
+                               schedule=schedule, timing=timing)
+    finally:
+        if status is not None:
+            status.stop()
+    written = result.write(output) if output is not None else None
+    if json_out:
+        print_json({**result.to_dict(), **_written_field(written)})
+        return
+    print_finetune_plan(result, top)
+    if written:
+        console.print(
+            f"wrote {written[0]} (the top candidate; run it: budgetlm train {written[0]}) and "
+            f"{written[1]} ({len(result.candidates)} candidates)",
+            highlight=False, soft_wrap=True,
+        )
+
+
+FINETUNE_COLUMNS = ("method", "trains", "prec", "mb×acc", "lr", "ep", "D", "time", "mem", "use")
+
+
+def print_finetune_plan(p: Any, top: int) -> None:
+    """A fine-tune plan: first line, the top `top` candidates (estimate-only rows marked), the
+    notes."""
+    console.print(p.first_line, highlight=False, soft_wrap=True)
+    t = Table(title=f"fine-tunes of {p.base.name}, best {min(top, len(p.candidates))} of "
+              f"{len(p.candidates)} (trains: trained params; D tokens, ep epochs; use: tokens "
+              "put to use, the rank; † estimate only; ᵗ steps timed on this machine)",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col in FINETUNE_COLUMNS:
+        t.add_column(col, justify="left" if col in ("method", "prec") else "right",
+                     no_wrap=True)
+    for c in p.candidates[:top]:
+        mant, exp = f"{c.lr:.1e}".split("e")
+        t.add_row(
+            c.method.label + ("†" if c.estimate_only else ""), format_count(c.trainable_params),
+            f"{c.precision}{'+ckpt' if c.checkpointing else ''} T{c.seq_len}",
+            f"{c.micro_batch}×{c.grad_accum}" + (f"×{c.devices}" if c.devices > 1 else ""),
+            f"{mant}e{int(exp)}", f"{c.epochs:.2g}", format_count(c.tokens),
+            cell_duration(c.seconds) + ("ᵗ" if c.time_source == TIMED and c.seconds else ""),
+            short_bytes(c.memory_bytes) if c.memory_bytes is not None else "-",
+            format_count(c.useful_tokens),
+        )
+    console.print(t)
+    for note in p.notes:
+        console.print(f"[dim]· {note}[/]", highlight=False, soft_wrap=True)
+
+
+def with_nodes(budget: Any, nodes: str, interconnect: str | None, finetune: bool) -> Any:
+    """`budget` spread over --nodes joined by --interconnect (checked by `Budget`)."""
+    n_nodes = parse_count(nodes, "--nodes") or 1
+    if n_nodes == 1 and interconnect is None:
+        return budget
+    if finetune:
+        raise UserError("--nodes/--interconnect: do not apply to --finetune")
+    return dataclasses.replace(budget, nodes=n_nodes, interconnect=interconnect)
 
 
 def _written_field(written: Any) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ RANKED_COLUMNS = ("L×d", "N", "D", "ep", "T", "mb×acc", "prec", "lr", "time", 
 FRONT_COLUMNS = ("L×d", "N", "D", "T", "prec", "mb×acc", "time", "mem")
 FRONT_ROWS = 12
 LEFT_ALIGNED = ("L×d", "prec")
+ELIDED_WHEN_SAME = ("ep", "lr", "time")  # on several GPUs (width), said in the title
 
 
 def print_plan(p: Any, top: int) -> None:
@@ -24,30 +25,71 @@ def print_plan(p: Any, top: int) -> None:
     loss_column = _loss_column(p)
     arch = getattr(p, "arch", "gpt2")
     heads = (*RANKED_COLUMNS, loss_column)
+    sharded = any(c.step is not None for c in p.candidates)
     shown = _moe_columns(heads) if arch == "moe" else heads
+    same = ""
+    if sharded:
+        shown, same = _sharded_columns(shown, p.candidates[:top], heads)
     ranked = _table(
         f"ranked {arch} candidates (best {min(top, len(p.candidates))} of "
         f"{len(p.candidates)} feasible; N params, "
         f"{'act active, D tokens' if arch == 'moe' else 'D tokens, ep epochs'}, T seq; "
-        f"{p.law.kind}: predicted loss, nats/token)",
+        + (f"mb×acc and mem per GPU ({p.target.devices} GPUs); par: layout (+ck: "
+           f"checkpointing), comm: share of the step{same}; " if sharded else "")
+        + ("† estimate only; " if any(c.estimate_only for c in p.candidates[:top]) else "")
+        + f"{p.law.kind}: predicted loss, nats/token)",
         shown,
     )
     for c in p.candidates[:top]:
-        row = dict(zip(heads, plan_row(c), strict=True), act=format_count(c.active_params))
-        ranked.add_row(*(row[k] for k in shown))
+        ranked.add_row(*(_cells(c, heads)[k] for k in shown))
     console.print(ranked)
     axes = " vs ".join(a.replace("_bytes", "") for a in p.pareto_axes)
     keep = (*FRONT_COLUMNS, loss_column)
+    if sharded:
+        keep = (*keep[:5], "par", *keep[5:])
     front = _table(f"Pareto front ({axes}: non-dominated)", keep)
     for c in p.front[:FRONT_ROWS]:
-        row = dict(zip(heads, plan_row(c), strict=True))
-        front.add_row(*(row[k] for k in keep))
+        front.add_row(*(_cells(c, heads)[k] for k in keep))
     console.print(front)
     console.print(_optimum_line(p), highlight=False, soft_wrap=True)
     if any(c.extrapolated for c in p.candidates[:top]):
         console.print("[dim]* outside the range the law was fitted on[/]", highlight=False)
     for note in p.notes:
         console.print(f"[dim]· {note}[/]", highlight=False, soft_wrap=True)
+
+
+def _cells(c: Any, heads: tuple[str, ...]) -> dict[str, str]:
+    """Candidate `c`'s cells by column: `plan_row` under `heads`, its active parameters, and
+    on several GPUs its layout (checkpointing there, not with the precision) and the
+    communication share of its step."""
+    row = dict(zip(heads, plan_row(c), strict=True), act=format_count(c.active_params))
+    if c.step is not None:
+        row["prec"] = c.precision + ("†" if c.estimate_only else "")
+        row["par"] = c.step_model.layout.label + ("+ck" if c.checkpointing else "")
+        row["comm"] = f"{c.step.comm_share:.0%}"
+        row["mb×acc"] = f"{c.micro_batch}×{c.grad_accum}"  # per GPU; the GPUs are in the title
+    return row
+
+
+def _sharded_columns(shown: tuple[str, ...], rows: list[Any],
+                     heads: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """The ranked columns on several GPUs, and what the columns left out hold: the layout
+    after the precision and the communication share after the time; for width, the epochs,
+    lr and time only where they differ between the rows (a GPU-hours budget's time is its
+    wall time for every row, a FLOP budget's lr the same for every row)."""
+    out: list[str] = []
+    same: list[str] = []
+    for h in shown:
+        cells = {_cells(c, heads)[h] for c in rows} if h in ELIDED_WHEN_SAME else set()
+        if len(cells) == 1:
+            same.append(f"{h} {cells.pop()}")
+        else:
+            out.append(h)
+        if h == "prec":
+            out.append("par")
+        elif h == "time":
+            out.append("comm")
+    return tuple(out), (f"; {', '.join(same)} each" if same else "")
 
 
 def _moe_columns(heads: tuple[str, ...]) -> tuple[str, ...]:
@@ -118,7 +160,7 @@ def plan_row(c: Any) -> list[str]:
         f"{c.epochs:.1f}",
         str(c.seq_len),
         batch,
-        c.precision + ("+ckpt" if c.checkpointing else ""),
+        c.precision + ("†" if c.estimate_only else "") + ("+ckpt" if c.checkpointing else ""),
         f"{mant}e{int(exp)}",
         when,
         short_bytes(c.memory_bytes) if c.memory_bytes is not None else "-",

@@ -89,9 +89,8 @@ def report(
     render_summary(console, summary, study)
 
 
-@app.command()
 @guarded
-def export(
+def export(  # registered as `budgetlm export` by budgetlm.cli.export (which also exports runs)
     study_file: StudyArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="RunConfig YAML to write")],
     trial: Annotated[

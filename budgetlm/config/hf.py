@@ -11,8 +11,12 @@ training context is `--set model.seq_len=N`.
 What budgetlm's config cannot describe either stops with a one-line UserError naming the field
 (when it changes the parameter count in a way no setting reproduces: multi-head latent
 attention, interleaved MoE layers, extra norms) or, when the difference is small and known, is
-left out and named in `meta.hf_not_described` (e.g. Qwen2's q/k/v-only biases), with the number
-of parameters it leaves out.
+left out and named in `meta.hf_not_described` (e.g. Qwen2-MoE's shared-expert gate), with the
+number of parameters it leaves out.
+
+Llama-like types get `fused_qkv: false` (their separate q_proj, k_proj, v_proj, what LoRA
+targets name); GPT-2's `gelu_new` is `mlp: gelu_tanh`. The weights of the `PRETRAINED` types map
+one to one into budgetlm's model (`model.from_pretrained`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from budgetlm.errors import UserError
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "mixtral", "qwen2_moe", "qwen3_moe")
 SUPPORTED = (*LLAMA_LIKE, "gpt2", "bert", "t5")
+# The model types whose weights `model.from_pretrained` maps into budgetlm's GPT (and export
+# writes back): one to one, no parameter left out or changed in meaning.
+PRETRAINED = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+# HF activation names of GELU's tanh approximation (GPT-2's gelu_new; torch's approximate="tanh")
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
 
 _MLA = "multi-head latent attention (kv_lora_rank) is not described by budgetlm's config"
 _UNSUPPORTED = {
@@ -290,7 +299,7 @@ def _llama_like(f: _Fields, model_type: str) -> dict[str, Any]:
         "d_ff": f.whole("intermediate_size"), "vocab_size": f.whole("vocab_size"),
         "seq_len": f.whole("max_position_embeddings"), "positions": "rope",
         "rope_theta": _rope_theta(f), "norm": "rmsnorm", "norm_eps": f.positive("rms_norm_eps"),
-        "mlp": "swiglu", "tie_embeddings": f.flag("tie_word_embeddings"),
+        "mlp": "swiglu", "tie_embeddings": f.flag("tie_word_embeddings"), "fused_qkv": False,
     }
     model["bias"], qkv_bias = _biases(f, model_type)
     if qkv_bias:
@@ -310,8 +319,10 @@ def _llama_like(f: _Fields, model_type: str) -> dict[str, Any]:
 
 def _plain_act(f: _Fields, key: str) -> str:
     act = f.text(key)
-    if act == "relu":
-        return "relu"
+    if act in ("relu", "gelu"):
+        return act
+    if act in GELU_TANH:
+        return "gelu_tanh"
     if not act.startswith("gelu"):
         f.notes.append(f"{key} {act!r} is counted as gelu (same shapes and FLOPs)")
     return "gelu"

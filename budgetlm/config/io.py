@@ -15,9 +15,9 @@ from pydantic import BaseModel
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node
 
-from budgetlm.config.hf import hf_run_data, is_hf_config
+from budgetlm.config.hf import PRETRAINED, hf_run_data, is_hf_config
 from budgetlm.config.presets import preset
-from budgetlm.config.schema import RunConfig, validate
+from budgetlm.config.schema import ModelConfig, RunConfig, validate
 from budgetlm.errors import UserError
 from budgetlm.units import atomic_write_text
 
@@ -316,17 +316,67 @@ def _looks_like_path(spec: str) -> bool:
         return True
 
 
+def pretrained_model_data(directory: str) -> dict[str, Any]:
+    """The `model` section (plain data) a Hugging Face model directory's config.json gives
+    `model.from_pretrained`, for the model types whose weights budgetlm loads (`PRETRAINED`)."""
+    where = "model.from_pretrained"
+    p = Path(directory).expanduser()
+    if not p.is_dir():
+        raise UserError(f"{where}: {p} is not a directory (a local Hugging Face model directory)")
+    config_file = p / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{where}: {p} has no config.json")
+    raw = read_json(config_file)
+    mt = raw.get("model_type")
+    if isinstance(mt, str) and mt not in PRETRAINED:
+        raise UserError(f"{where}: {config_file}: model_type {mt!r} is not supported for "
+                        f"from_pretrained yet (supported: {', '.join(PRETRAINED)})")
+    return hf_run_data(raw, str(config_file))["model"]
+
+
+def _explicit_model(model: Any, overrides: list[str] | None) -> dict[str, Any]:
+    """The model keys a user wrote (a file's `model:` section, then `--set model.*`)."""
+    out = copy.deepcopy(model) if isinstance(model, dict) else {}
+    for item in overrides or []:
+        path, value = parse_override(item)
+        if path[0] != "model":
+            continue
+        if len(path) == 1:
+            out = copy.deepcopy(value) if isinstance(value, dict) else out
+        else:
+            set_path(out, ".".join(path[1:]), value)
+    return out
+
+
+def _with_pretrained(data: dict[str, Any], explicit: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its model section read from `model.from_pretrained` (when set) and the
+    user's explicit model keys on top. A model section that spells out every field (a run's
+    config.yaml, a plan) is already resolved and left alone."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("from_pretrained"), str):
+        return data
+    if set(ModelConfig.model_fields) <= set(explicit):
+        return data
+    out = dict(data)
+    out["model"] = {**pretrained_model_data(model["from_pretrained"]), **explicit}
+    return out
+
+
 def load_config(spec: str, overrides: list[str] | None = None) -> RunConfig:
     """Load a RunConfig from a preset name, a YAML (or JSON) file, or a Hugging Face config.json
     (the file, or the model directory holding it), then apply `key=value` overrides.
 
-    A YAML file may name `preset: NAME` at its top to start from a preset.
+    A YAML file may name `preset: NAME` at its top to start from a preset. With
+    `model.from_pretrained: DIR`, the model section is DIR's config.json with the model keys
+    the file and the overrides give on top (a preset's model section does not apply).
     """
+    explicit: Any = {}
     if _looks_like_path(spec):
         raw, path = _read_config_file(spec)
         hf = is_hf_config(raw)
         if hf:
             raw = hf_run_data(raw, path)
+        explicit = raw.get("model")
         base_name = raw.pop("preset", None)
         if base_name is not None:
             if not isinstance(base_name, str):
@@ -346,21 +396,28 @@ def load_config(spec: str, overrides: list[str] | None = None) -> RunConfig:
     else:
         raw = preset(spec).model_dump()
         source = f"preset {spec}"
-    merged = apply_overrides(raw, overrides)
+    merged = _with_pretrained(apply_overrides(raw, overrides), _explicit_model(explicit, overrides))
     try:
         return validate(merged, source=source)
     except UserError:
         if not overrides:
             raise
-        validate(raw, source=source)
+        validate(_with_pretrained(raw, _explicit_model(explicit, [])), source=source)
         return validate(merged, source="--set")
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | None) -> RunConfig:
-    """`cfg` with `key=value` strings (as typed on a command line) applied and validated."""
+    """`cfg` with `key=value` strings (as typed on a command line) applied and validated.
+
+    `--set model.from_pretrained=DIR` takes the model section from DIR, with the `--set
+    model.*` keys on top."""
     if not overrides:
         return cfg
-    return validate(apply_overrides(cfg.model_dump(), overrides), source="--set")
+    data = apply_overrides(cfg.model_dump(), overrides)
+    explicit = _explicit_model({}, overrides)
+    if "from_pretrained" in explicit:
+        data = _with_pretrained(data, explicit)
+    return validate(data, source="--set")
 
 
 def with_values(cfg: RunConfig, values: dict[str, Any], source: str = "config") -> RunConfig:

@@ -13,7 +13,7 @@ from typing import Any
 # What every shape below shares: rope, RMSNorm, SwiGLU, no biases, untied head.
 _LLAMA_BLOCKS: dict[str, Any] = {
     "positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False,
-    "tie_embeddings": False,
+    "tie_embeddings": False, "fused_qkv": False,
 }
 
 

@@ -114,10 +114,14 @@ def _open_entry(entry: Path, key: str) -> Corpus | None:
     )
 
 
-def _cache_key(cfg: DataConfig, src: Source, val_src: Source | None) -> str:
-    tok = {"name": "symbol"} if src.kind == "markov" else {"name": cfg.tokenizer}
+def _cache_key(
+    cfg: DataConfig, src: Source, val_src: Source | None, given: Tokenizer | None = None
+) -> str:
+    tok: dict[str, Any] = {"name": "symbol"} if src.kind == "markov" else {"name": cfg.tokenizer}
     if tok["name"] == "bpe":
         tok["bpe_vocab_size"] = cfg.bpe_vocab_size
+    if tok["name"] == "pretrained" and isinstance(given, tokenizers.PretrainedTokenizer):
+        tok["sha256"] = hashlib.sha256(given.hf.to_str().encode()).hexdigest()
     material = {
         "version": CACHE_VERSION,
         "source": source_identity(src, cfg),
@@ -159,10 +163,10 @@ def _build_markov(cfg: DataConfig, src: Source, info: dict[str, Any]) -> dict[st
 
 
 def _tokenize(
-    cfg: DataConfig, data: bytes, train_b: bytes, val_b: bytes
+    cfg: DataConfig, data: bytes, train_b: bytes, val_b: bytes, given: Tokenizer | None = None
 ) -> tuple[Tokenizer, np.ndarray, np.ndarray]:
     """(tokenizer, train ids, val ids): char learns its alphabet from `data` (both splits), bpe
-    trains on the train split."""
+    trains on the train split, `given` (a pretrained tokenizer) is used as it is."""
     if cfg.tokenizer == "byte":  # fast path: the bytes are the ids
         train_ids = np.frombuffer(train_b, dtype=np.uint8)
         return tokenizers.ByteTokenizer(), train_ids, np.frombuffer(val_b, dtype=np.uint8)
@@ -170,13 +174,16 @@ def _tokenize(
     tokenizer: Tokenizer
     if cfg.tokenizer == "char":
         tokenizer = tokenizers.CharTokenizer.from_text(data.decode("utf-8"))
+    elif given is not None:
+        tokenizer = given
     else:
         tokenizer = tokenizers.BpeTokenizer.train(train_text, cfg.bpe_vocab_size)
     return tokenizer, tokenizer.encode_array(train_text), tokenizer.encode_array(val_text)
 
 
 def _build_text(
-    cfg: DataConfig, src: Source, val_src: Source | None, info: dict[str, Any]
+    cfg: DataConfig, src: Source, val_src: Source | None, info: dict[str, Any],
+    given: Tokenizer | None = None,
 ) -> dict[str, Any]:
     """Read, split and tokenize a text source; fills `info`."""
     data, n_docs = read_source(src, cfg)
@@ -187,7 +194,7 @@ def _build_text(
         cut = char_boundary(data, split_point(len(data), cfg.val_fraction))
         train_b, val_b = data[:cut], data[cut:]
         info["split"] = f"last {cfg.val_fraction:g} of bytes"
-    tokenizer, train_ids, val_ids = _tokenize(cfg, data, train_b, val_b)
+    tokenizer, train_ids, val_ids = _tokenize(cfg, data, train_b, val_b, given)
     info.update(n_bytes=len(data), n_docs=n_docs, sha256=hashlib.sha256(data).hexdigest())
     if src.kind == "pystdlib":
         info["stdlib"] = str(src.path)
@@ -202,13 +209,15 @@ def _build_text(
     }
 
 
-def _build(cfg: DataConfig, src: Source, val_src: Source | None, key: str) -> dict[str, Any]:
+def _build(
+    cfg: DataConfig, src: Source, val_src: Source | None, key: str, given: Tokenizer | None
+) -> dict[str, Any]:
     """Read, split and tokenize; returns what the cache entry holds (arrays, tokenizer, meta)."""
     info: dict[str, Any] = {"source": cfg.source, "val_source": cfg.val_source}
     if src.kind == "markov":
         built = _build_markov(cfg, src, info)
     else:
-        built = _build_text(cfg, src, val_src, info)
+        built = _build_text(cfg, src, val_src, info, given)
     tokenizer = built["tokenizer"]
     info.update(
         tokenizer=tokenizer.name,
@@ -263,11 +272,24 @@ def _write_entry(root: Path, key: str, built: dict[str, Any]) -> Path:
     return entry
 
 
-def load_corpus(cfg: DataConfig, seq_len: int | None = None) -> Corpus:
+def _pretrained_tokenizer(cfg: DataConfig, pretrained: str | None) -> Tokenizer | None:
+    """data.tokenizer=pretrained: the tokenizer.json of the model directory `pretrained`."""
+    if cfg.tokenizer != "pretrained":
+        return None
+    if pretrained is None:
+        raise UserError("data.tokenizer: pretrained needs model.from_pretrained (the Hugging "
+                        "Face model directory holding tokenizer.json)")
+    return tokenizers.PretrainedTokenizer.from_dir(pretrained)
+
+
+def load_corpus(
+    cfg: DataConfig, seq_len: int | None = None, pretrained: str | None = None
+) -> Corpus:
     """Load (from the cache when possible) the corpus `cfg` names, split and tokenized.
 
     With `seq_len`, each split must hold at least seq_len + 1 tokens (inputs plus shifted
-    targets), else UserError.
+    targets), else UserError. `pretrained`: the model directory (`model.from_pretrained`) whose
+    tokenizer.json `data.tokenizer: pretrained` reads.
     """
     src = parse_source(cfg.source, "data.source")
     val_src = parse_source(cfg.val_source, "data.val_source") if cfg.val_source else None
@@ -276,12 +298,13 @@ def load_corpus(cfg: DataConfig, seq_len: int | None = None) -> Corpus:
             "data.val_source: not supported with synthetic sources "
             "(a synthetic corpus is split by data.val_fraction)"
         )
-    key = _cache_key(cfg, src, val_src)
+    given = None if src.kind == "markov" else _pretrained_tokenizer(cfg, pretrained)
+    key = _cache_key(cfg, src, val_src, given)
     root = cache_root(cfg)
     corpus = _open_entry(root / key, key)
     cached = corpus is not None
     if corpus is None:
-        _write_entry(root, key, _build(cfg, src, val_src, key))
+        _write_entry(root, key, _build(cfg, src, val_src, key, given))
         corpus = _open_entry(root / key, key)
         if corpus is None:
             raise UserError(f"data.cache_dir: could not read back the token cache in {root}")
@@ -303,11 +326,12 @@ def load_corpus(cfg: DataConfig, seq_len: int | None = None) -> Corpus:
     return corpus
 
 
-def count_tokens(cfg: DataConfig) -> int:
-    """Training tokens in the corpus (through the cache; markov needs no generation)."""
+def count_tokens(cfg: DataConfig, pretrained: str | None = None) -> int:
+    """Training tokens in the corpus (through the cache; markov needs no generation);
+    `pretrained` as for `load_corpus`."""
     src = parse_source(cfg.source, "data.source")
     if src.kind == "markov" and not cfg.val_source:
         n = src.params["tokens"]
         n = n if cfg.max_bytes is None else min(n, cfg.max_bytes)
         return split_point(n, cfg.val_fraction)
-    return int(len(load_corpus(cfg).train))
+    return int(len(load_corpus(cfg, pretrained=pretrained).train))

@@ -3,9 +3,10 @@
 byte (256 ids, the UTF-8 bytes); char (the sorted characters of the source corpus, both splits,
 ids 0..n-1 exactly as nanoGPT's shakespeare_char, plus <unk> = n for characters seen only later,
 e.g. in val_source); bpe (HF `tokenizers` ByteLevel BPE trained on the TRAIN split; lossless on
-any text). The markov source ignores `DataConfig.tokenizer`: its tokens ARE the symbols, and its
-tokenizer is the identity "symbol" tokenizer (symbol i <-> chr(i)); one symbol counts as one byte
-for bits per byte.
+any text); pretrained (the `tokenizer.json` of `model.from_pretrained`, read with `tokenizers`,
+encoded without special tokens). The markov source ignores `DataConfig.tokenizer`: its tokens
+ARE the symbols, and its tokenizer is the identity "symbol" tokenizer (symbol i <-> chr(i)); one
+symbol counts as one byte for bits per byte.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class BpeTokenizer(Tokenizer):
         return cls(hf)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.hf.encode(text).ids)
+        return list(self.hf.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode([int(i) for i in ids])
@@ -143,7 +144,7 @@ class BpeTokenizer(Tokenizer):
     def encode_array(self, text: str) -> np.ndarray:
         # Chunks end at newlines, so this equals encoding the whole text except where a chunk
         # boundary falls inside a run of whitespace; decoding is lossless either way.
-        encs = self.hf.encode_batch(list(_line_chunks(text)))
+        encs = self.hf.encode_batch(list(_line_chunks(text)), add_special_tokens=False)
         parts = [np.asarray(e.ids, dtype=np.int64) for e in encs]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -151,6 +152,43 @@ class BpeTokenizer(Tokenizer):
         d = super().save(directory)
         self.hf.save(str(d / self.HF_FILE))
         return d
+
+
+class PretrainedTokenizer(BpeTokenizer):
+    """A Hugging Face model's own `tokenizer.json` (any `tokenizers` model: BPE, Unigram,
+    WordPiece); its ids are the pretrained model's. No BOS/EOS is added: the corpus is one
+    stream of text ids."""
+
+    name = "pretrained"
+    HF_FILE = "tokenizer.json"
+
+    def __init__(self, hf: Any):
+        super().__init__(hf)
+        # ids may have gaps (added tokens): the vocabulary is the largest id + 1
+        largest = max(hf.get_vocab().values(), default=-1)
+        self.vocab_size = max(int(hf.get_vocab_size()), largest + 1)
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> PretrainedTokenizer:
+        """The tokenizer.json of a Hugging Face model directory."""
+        path = Path(directory).expanduser() / cls.HF_FILE
+        if not path.is_file():
+            raise UserError(
+                f"data.tokenizer: pretrained needs {path} (model.from_pretrained has no "
+                f"{cls.HF_FILE}; use data.tokenizer byte, char or bpe)"
+            )
+        return cls(_read_hf_tokenizer(path))
+
+
+def _read_hf_tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    with reading("", path):
+        text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return HFTokenizer.from_str(text)
+    except Exception:  # the tokenizers library raises a bare Exception on a bad file
+        raise UserError(f"{path}: not a readable tokenizers file") from None
 
 
 class SymbolTokenizer(Tokenizer):
@@ -193,15 +231,9 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if name == "symbol" and isinstance(meta.get("vocab_size"), int):
         return SymbolTokenizer(meta["vocab_size"])
     if name == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
-
-        hf_path = d / BpeTokenizer.HF_FILE
-        with reading("", hf_path):
-            hf_json = hf_path.read_text(encoding="utf-8", errors="replace")
-        try:
-            return BpeTokenizer(HFTokenizer.from_str(hf_json))
-        except Exception:  # the tokenizers library raises a bare Exception on a bad file
-            raise UserError(f"{hf_path}: not a readable BPE tokenizer file") from None
+        return BpeTokenizer(_read_hf_tokenizer(d / BpeTokenizer.HF_FILE))
+    if name == "pretrained":
+        return PretrainedTokenizer(_read_hf_tokenizer(d / PretrainedTokenizer.HF_FILE))
     if name in ("char", "symbol"):
         raise UserError(f"{meta_path}: incomplete {name} tokenizer (missing or invalid fields)")
     raise UserError(f"{meta_path}: unknown tokenizer {name!r}")

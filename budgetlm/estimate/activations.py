@@ -6,6 +6,8 @@ MLP for the tokens it routes: the router's input, logits and routing weights, an
 token's top-k experts and in the shared experts that expert's input, hidden activations and
 output. Checked against autograd's saved tensors (tests/test_estimate.py) and torch's
 MemTracker (benchmarks/memory_truth.py).
+
+LoRA fine-tunes: `budgetlm.estimate.lora_activations`.
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ def _attention_saved(
 
     Korthikanti et al. 2022 §4.1 (16-bit, unfused): 11·s·b·h + 5·a·s²·b bytes:
     projection input 2sbh, Q and K 4sbh, V 2sbh, output-projection input 2sbh, dropout mask sbh,
-    softmax output 2as²b, its dropout mask as²b and dropout output 2as²b.
+    softmax output 2as²b, its dropout mask as²b and dropout output 2as²b. Separate q, k, v
+    projections (`fused_qkv` false, measured on CPU) each keep their own cast input under
+    autocast, and only v's output once q and k are rotated or cast into new tensors.
     """
     d, H, T, inner = m.d_model, m.n_head, m.seq_len, m.n_head * m.head_dim
-    b = c * d  # qkv projection input (cast copy under autocast)
+    fused = m.fused_qkv
+    # qkv projection input: one tensor, but under autocast each of separate q, k, v projections
+    # keeps its own cast copy
+    b = c * d * (1 if fused or not autocast else 3)
     if dropout:
         b += d * _mask_bytes(device, c)  # residual dropout mask
     b += c * inner  # attention output = output-projection input (same storage with SDPA)
@@ -58,8 +65,10 @@ def _attention_saved(
         b += 3 * c * inner  # q, k, v as the matmuls keep them (reshaped copies of the views)
         if m.qk_norm:
             b += _qk_norm_saved(m, c, device, autocast) - c * inner
-        if m.positions == "rope" and H == 1:
+        if H == 1 and fused and m.positions == "rope":
             b += 2 * c * inner  # one head: v's reshape is a view, keeping the whole projection
+        elif H == 1 and not fused and m.qk_norm and autocast and m.positions != "rope":
+            b -= 2 * c * inner  # separate projections: q's and k's outputs are not kept
         # softmax output: fp32 under CUDA autocast (softmax is on its fp32 list), else compute
         # dtype. The AV matmul keeps its own 16-bit input: the dropout output, or a cast copy
         # of the softmax output when dtypes differ.
@@ -75,6 +84,10 @@ def _attention_saved(
         b += _qk_norm_saved(m, c, device, autocast)
     elif m.positions == "rope":
         b += c * (inner + kv_inner)  # rotated q and k are new tensors (v keeps the projection)
+    if not fused and ((m.qk_norm and autocast) or (m.positions == "rope" and not m.qk_norm)):
+        # separate projections: only v's output stays (q's and k's were cast or rotated into
+        # new tensors; in fp32 the qk norms keep them)
+        b -= c * (inner + kv_inner)
     return b + 4 * H  # SDPA (flash / memory-efficient): fp32 logsumexp per head, no scores
 
 
@@ -101,7 +114,7 @@ def _mlp_saved(
     d, f = m.d_model, m.ff if f is None else f
     if m.mlp == "swiglu":
         b = c * d * (2 if autocast else 1) + 4 * c * f
-    elif m.mlp == "gelu":
+    elif m.mlp in ("gelu", "gelu_tanh"):
         b = c * d + 2 * c * f
     else:
         b = c * d + c * f
@@ -201,3 +214,13 @@ def activation_bytes(
     per_token = (4 * m.d_model * n if checkpointing else blocks) + final
     return int(math.ceil(tokens * per_token))
 
+
+def dropout_mask_bytes(device: str, dtype_bytes: int) -> int:
+    """Bytes per element of a dropout mask (`_mask_bytes`), for the LoRA count."""
+    return _mask_bytes(device, dtype_bytes)
+
+
+def attention_saved(m: ModelConfig, c: int, device: str, dropout: bool, eager: bool,
+                    autocast: bool) -> float:
+    """Bytes per token one self-attention saves in full training (`_attention_saved`)."""
+    return _attention_saved(m, c, device, dropout, eager, autocast)

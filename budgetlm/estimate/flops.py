@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from budgetlm.config import ModelConfig
+from budgetlm.config import ModelConfig, RunConfig
 from budgetlm.errors import UserError
+from budgetlm.estimate.finetune import BLOCK_PIECES, BlockLinear, LoraPlan, block_linears, lora_plan
 from budgetlm.estimate.params import (
     MAX_PARAMS,
     active_block_matmul_params,
@@ -121,3 +122,96 @@ def model_flops_per_token(m: ModelConfig) -> float:
     flops_per_token(m).backward`.
     """
     return flops_per_token(m).model
+
+
+def training_flops_per_token(cfg: RunConfig, checkpointing: bool | None = None) -> Flops:
+    """FLOPs per token one training step of `cfg` executes, by what trains: a full fine-tune (or
+    pretraining) `flops_per_token`, a LoRA fine-tune `lora_flops_per_token`. What step time,
+    FLOP caps and plans count; `model_flops_per_token` stays the 6N-style fact MFU is quoted in.
+    checkpointing: None takes cfg.train.activation_checkpointing."""
+    ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
+    plan = lora_plan(cfg)
+    if plan is None:
+        return flops_per_token(cfg.model, ckpt)
+    return lora_flops_per_token(cfg.model, plan, ckpt)
+
+
+def lora_flops_per_token(m: ModelConfig, plan: LoraPlan, checkpointing: bool = False) -> Flops:
+    """Training FLOPs per token of a LoRA fine-tune (Hu et al. 2021), linear by linear.
+
+    A Linear y = W x (W: d_out x d_in, N = d_in·d_out) costs 2N forward; backward, the input
+    gradient dx = W^T dy another 2N and the weight gradient dW = dy x^T 2N more (Kaplan et al.
+    2020 §2.1: 6N in all). A frozen W needs no dW: autograd skips that GEMM (and does not even
+    save x for it), so a frozen Linear costs 2N + 2N = 4N — as long as a gradient must flow
+    through it, i.e. something below it trains. Below the lowest trainable parameter (in the
+    first block, the pieces before its first adapted Linear or trained norm) nothing is
+    differentiated: 2N, and the attention there has no backward either.
+
+    The adapter of a Linear, h = B (A x) with A: r x d_in, B: d_out x r, costs 2r(d_in + d_out)
+    forward and, both matrices training, 4r(d_in + d_out) backward (dA, dB, and the input
+    gradients through B and A; the one through A only where x needs a gradient). So with
+    every block Linear adapted (all-linear), frozen matmul parameters N and
+    N_A = r·Σ(d_in + d_out) adapter parameters per token:
+
+        forward  = 2N + 2N_A + attention
+        backward = 2N + 4N_A + 2·attention       (no 2N of weight gradients)
+        total   ~= 4N + 6N_A + 3·attention       instead of 6N + 3·attention
+
+    less the first block's pieces below its first adapter. N includes the LM head (its input
+    gradient is needed below it); `train_head` adds its weight gradient 2·V·d. Attention scores
+    and values count the full square as in `flops_per_token`.
+
+    Recompute (checkpointing): each block's forward once more, adapters included, except what
+    torch's early stop skips when there is no dropout: the adapter's B of an adapted MLP down
+    projection (its input, A's output, is the block's last saved tensor), else the frozen down
+    projection itself (the activation's saved input or output is the last). MoE blocks are
+    recomputed in full, as in `flops_per_token`.
+    """
+    flops_per_token(m)  # the size check
+    T, inner = m.seq_len, m.n_head * m.head_dim
+    attention = 2.0 * 2 * T * inner
+    first = plan.first_trained(m)
+    blocks_train = first is None or first < len(BLOCK_PIECES)
+    forward = backward = recompute = 0.0
+    start = 0
+    for moe, n in ((False, m.n_layer - m.moe_layers), (True, m.moe_layers)):
+        if not n:
+            continue
+        linears = block_linears(m, moe)
+        tail = 0.0 if moe or m.dropout > 0 else _early_stop_tail(plan, linears)
+        for block, count in ((start, 1), (start + 1, n - 1)):
+            fwd, bwd = _lora_block_flops(m, plan, linears, block, attention)
+            forward += count * fwd
+            backward += count * bwd
+            if checkpointing and blocks_train:
+                recompute += count * (fwd - tail)
+        start += n
+    head = 2.0 * head_matmul_params(m)
+    forward += head
+    backward += head * (blocks_train + plan.head)  # input gradient, weight gradient
+    return Flops(forward=forward, backward=backward, recompute=recompute, causal_halved=False)
+
+
+def _lora_block_flops(m: ModelConfig, plan: LoraPlan, linears: list[BlockLinear], block: int,
+                      attention: float) -> tuple[float, float]:
+    """(forward, backward) FLOPs per token of one block of a LoRA fine-tune."""
+    r = plan.rank
+    forward = attention
+    backward = 2 * attention if plan.input_grad(m, block, BLOCK_PIECES.index("attn")) else 0.0
+    for lin in linears:
+        n, grad_in = lin.d_in * lin.d_out, plan.input_grad(m, block, lin.piece)
+        forward += lin.active * 2 * n
+        backward += lin.active * 2 * n * grad_in
+        if plan.adapts(lin.module):
+            forward += lin.active * 2 * r * (lin.d_in + lin.d_out)
+            backward += lin.active * 2 * r * (lin.d_in + 2 * lin.d_out + lin.d_in * grad_in)
+    return forward, backward
+
+
+def _early_stop_tail(plan: LoraPlan, linears: list[BlockLinear]) -> float:
+    """FLOPs per token of a dense block's forward that its recompute skips (no dropout): the
+    B of an adapted MLP down projection, else the frozen down projection."""
+    down = next(lin for lin in linears if lin.piece == BLOCK_PIECES.index("mlp_out"))
+    if plan.adapts(down.module):
+        return 2.0 * plan.rank * down.d_out
+    return 2.0 * down.d_in * down.d_out

@@ -5,6 +5,11 @@ phase counting what is alive in it; `total` adds the device's remainder (CUDA co
 workspace, allocator slack; 0 on CPU). Parameters stay fp32 under mixed precision (torch
 autocast), so `weights` counts fp32 parameters plus autocast's 16-bit copies of the matmul
 weights and `master` is 0. Checked against torch's MemTracker: benchmarks/memory_truth.py.
+
+A LoRA fine-tune (`budgetlm.estimate.finetune`) holds its frozen weights in the training
+precision's 16-bit dtype (or NF4, an estimate only) and gives gradients, optimizer state and
+autocast copies only to what trains; its activations are `lora_activation_pieces`. Checked the
+same way on peft-wrapped models: tests/test_estimate_finetune.py.
 """
 
 from __future__ import annotations
@@ -20,7 +25,17 @@ from budgetlm.estimate.activations import (
     activation_pieces,
     bytes_per_element,
 )
+from budgetlm.estimate.finetune import LoraPlan, finetune_spec_counts, frozen_bytes, lora_plan
 from budgetlm.estimate.inputs import assumed_micro_batch, checked_precision
+from budgetlm.estimate.lora_activations import (
+    lora_activation_bytes,
+    lora_activation_pieces,
+    lora_block_transients,
+    lora_checkpoint_alias,
+    lora_mlp_backward_bytes,
+    norm_output_bytes,
+    residual_bytes,
+)
 from budgetlm.estimate.params import (
     ParamSpec,
     block_matmul_params,
@@ -52,6 +67,11 @@ CUBLAS_WORKSPACE_BYTES = 32 * MiB
 # fragmentation), as a fraction of the tensor peak. An assumed value, not measured here; not
 # visible to max_memory_allocated, it is what max_memory_reserved and nvidia-smi add.
 ALLOCATOR_SLACK_FRACTION = 0.10
+# What a memory estimate with finetune.quantize nf4 says about itself.
+NF4_NOTE = (
+    "frozen block matrices in NF4 with double quantization (QLoRA, 4.127 bits/param): "
+    "an estimate only, the trainer does not quantize"
+)
 # Optimizer state in bytes per fp32 parameter (torch.optim semantics).
 _STATE_BYTES = {
     "adamw": 8,  # exp_avg + exp_avg_sq (Loshchilov & Hutter 2019)
@@ -78,6 +98,7 @@ class Memory:
     temporaries: working tensors of that phase (optimizer update, backward working set).
     device_remainder: memory outside the tensors (see `overhead_parts`); 0 on CPU.
     peak_phase: the phase the tensor peak is in; phases: every phase's tensor bytes.
+    note: what the estimate assumes that a run does not do (NF4 frozen weights), or "".
     tensor_peak = the sum of the tensor kinds; total = tensor_peak + device_remainder.
     """
 
@@ -91,6 +112,7 @@ class Memory:
     device_remainder: int
     peak_phase: str
     phases: tuple[tuple[str, int], ...]
+    note: str = ""
 
     @property
     def tensor_peak(self) -> int:
@@ -124,11 +146,14 @@ class Memory:
         d["device_remainder"] = self.device_remainder
         d["total"] = self.total
         d["phases"] = dict(self.phases)
+        if self.note:
+            d["note"] = self.note
         return d
 
 
 def optimizer_state_bytes(
-    m: ModelConfig, optimizer: str, momentum: float = 0.9, expert_shards: int = 1
+    m: ModelConfig, optimizer: str, momentum: float = 0.9, expert_shards: int = 1,
+    counts: list[tuple[ParamSpec, int]] | None = None,
 ) -> int:
     """Optimizer state for fp32 parameters, in bytes.
 
@@ -140,8 +165,11 @@ def optimizer_state_bytes(
     factors the second moment of each matrix into a row and a column vector (rows + cols
     floats) and keeps it in full for vectors, with no first moment. Every expert's state is
     counted (all experts resident) unless expert_shards > 1 (see `resident_spec_counts`).
+    counts: the trainable tensors when not all of them train (a LoRA fine-tune's, from
+    `budgetlm.estimate.finetune.finetune_spec_counts`).
     """
-    counts = resident_spec_counts(m, expert_shards)
+    if counts is None:
+        counts = resident_spec_counts(m, expert_shards)
     n = sum(k * s.numel for s, k in counts)
     if optimizer in _STATE_BYTES:
         return _STATE_BYTES[optimizer] * n
@@ -244,8 +272,13 @@ def step_sizes(
     cfg: RunConfig, micro_batch: int, precision: str, optimizer: str, checkpointing: bool,
     device: str, expert_shards: int = 1,
 ) -> StepSizes:
-    """The sizes `budgetlm.estimate.phases.step_phases` combines, for `cfg`; with the routed
-    experts sharded over `expert_shards` ranks, those one rank holds."""
+    """The sizes `budgetlm.estimate.phases.step_phases` combines, for `cfg` as
+    `cfg.finetune` trains it; with the routed experts sharded over `expert_shards` ranks, those
+    one rank holds."""
+    plan = lora_plan(cfg)
+    if plan is not None:
+        return _lora_step_sizes(cfg, plan, micro_batch, precision, optimizer, checkpointing,
+                                device, expert_shards)
     m, o = cfg.model, cfg.optim
     c = bytes_per_element(precision)
     tokens = micro_batch * m.seq_len
@@ -283,6 +316,75 @@ def step_sizes(
                                        o.nesterov, o.decay_all, expert_shards),
         n_blocks=max(n_blocks, 1),
         checkpointing=checkpointing,
+    )
+
+
+def _lora_step_sizes(
+    cfg: RunConfig, plan: LoraPlan, micro_batch: int, precision: str, optimizer: str,
+    checkpointing: bool, device: str, expert_shards: int = 1,
+) -> StepSizes:
+    """`step_sizes` of a LoRA fine-tune: frozen weights in their held dtype (NF4 with
+    quantize nf4), trainable tensors in fp32 with gradients, optimizer state and autocast copies
+    (adapters, a trained head) only for them; activations of `lora_activation_pieces`."""
+    m, o = cfg.model, cfg.optim
+    c, cr = bytes_per_element(precision), residual_bytes(precision, plan)
+    autocast = precision != "fp32"
+    tokens = micro_batch * m.seq_len
+    largest, _blocks, n_blocks, final = lora_activation_pieces(m, plan, precision, device)
+    trainable, frozen = finetune_spec_counts(cfg, expert_shards)
+    n_trainable = sum(k * s.numel for s, k in trainable)
+    in_blocks = [(s, k) for s, k in trainable if s.name.startswith("blocks.")]
+    outside = n_trainable - sum(k * s.numel for s, k in in_blocks)
+    adapters = [(s, k) for s, k in in_blocks if s.role == "adapter"]
+    if m.moe_layers:
+        run = _first_run_length(m)
+        block = _block_numel(m, in_blocks, 0, run, matrices=False)
+        copies_block = _block_numel(m, adapters, 0, run, matrices=False)
+        copies_block = max(copies_block, _block_numel(m, adapters, m.n_layer - m.moe_layers,
+                                                      m.moe_layers, matrices=False))
+    else:
+        block = sum(k * s.numel for s, k in in_blocks) // max(n_blocks, 1)
+        copies_block = sum(k * s.numel for s, k in adapters) // max(n_blocks, 1)
+    head_copies = sum(k * s.numel for s, k in trainable
+                      if not s.name.startswith("blocks.") and len(s.shape) == 2)
+    rope = 4 * m.seq_len * m.head_dim * c if m.positions == "rope" else 0
+    kept = lora_activation_bytes(m, plan, micro_batch, precision, checkpointing, device)
+    final_bytes = int(math.ceil(tokens * final))
+    workspace = block_workspace_bytes(
+        m, tokens, c, lora=lora_mlp_backward_bytes(m, plan, precision, device))
+    if checkpointing:  # the recompute of a block may hold more than its backward does
+        recompute = lora_block_transients(m, plan, precision, recompute=True, device=device)
+        workspace = max(workspace, int(math.ceil(tokens * recompute)))
+        largest -= lora_checkpoint_alias(m, plan, precision, device)
+    if plan.quantize == "nf4":  # one matrix dequantized to the compute dtype at a time
+        workspace += c * max((s.numel for s, _k in frozen if s.role == "matrix"), default=0)
+    tied = 4 * m.vocab_size * m.d_model if plan.embedding else 0
+    return StepSizes(
+        params=frozen_bytes(frozen, precision, plan.quantize) + 4 * n_trainable
+        + _buffer_bytes(m),
+        state=optimizer_state_bytes(m, optimizer, o.momentum, expert_shards, counts=trainable),
+        inputs=16 * tokens,
+        copies_head=c * head_copies if autocast else 0,
+        copies_block=c * copies_block if autocast else 0,
+        copies_blocks=c * sum(k * s.numel for s, k in adapters) if autocast else 0,
+        acts_block=int(math.ceil(tokens * largest)) + rope,
+        acts_kept=kept - final_bytes + (0 if checkpointing else n_blocks * rope),
+        acts_final=final_bytes,
+        logits=tokens * m.vocab_size,
+        c=c,
+        final_out=norm_output_bytes(m, device, cr) * m.d_model * tokens,  # the final norm's
+        grads_head=4 * outside,
+        grads_block=4 * block,
+        grads_all=4 * n_trainable,
+        grads_embedding=0,
+        tied_embedding=tied,
+        workspace=workspace,
+        opt_temps=optimizer_temp_bytes(m, optimizer, device, o.weight_decay, o.momentum,
+                                       o.nesterov, o.decay_all, expert_shards, trainable),
+        n_blocks=max(n_blocks, 1),
+        checkpointing=checkpointing,
+        block_transients=int(math.ceil(
+            tokens * lora_block_transients(m, plan, precision, device=device))),
     )
 
 
@@ -336,4 +438,5 @@ def memory_breakdown(
         device_remainder=sum(overhead_parts(dev, tensors).values()),
         peak_phase=peak,
         phases=tuple((p, sum(phases[p].values())) for p in PHASES),
+        note=NF4_NOTE if cfg.finetune.method == "lora" and cfg.finetune.quantize == "nf4" else "",
     )

@@ -101,12 +101,20 @@ def _mlp_names(m: ModelConfig) -> tuple[str, str, str]:
 
 
 def _attention_specs(m: ModelConfig, p: str) -> list[ParamSpec]:
-    """budgetlm.model.SelfAttention: c_attn (fused q, k, v: n_head + 2·kv_heads heads),
-    c_proj, and with qk_norm one RMSNorm weight over head_dim for q and one for k. A config's
-    `qkv_bias` (when it has one and it is not None) decides c_attn's bias alone (Qwen2)."""
+    """budgetlm.model.SelfAttention: c_attn (fused q, k, v: n_head + 2·kv_heads heads) or,
+    with `fused_qkv` false, q_proj, k_proj and v_proj; c_proj, and with qk_norm one RMSNorm
+    weight over head_dim for q and one for k. A config's `qkv_bias` (when it has one and it is
+    not None) decides the q, k, v biases alone (Qwen2)."""
     d, inner, kv_inner = m.d_model, m.n_head * m.head_dim, m.kv_heads * m.head_dim
     qkv_bias = getattr(m, "qkv_bias", None)
-    out = _linear_specs(m, f"{p}.attn.c_attn", d, inner + 2 * kv_inner, "matrix", bias=qkv_bias)
+    if m.fused_qkv:
+        out = _linear_specs(
+            m, f"{p}.attn.c_attn", d, inner + 2 * kv_inner, "matrix", bias=qkv_bias
+        )
+    else:
+        out = []
+        for name, width in (("q_proj", inner), ("k_proj", kv_inner), ("v_proj", kv_inner)):
+            out += _linear_specs(m, f"{p}.attn.{name}", d, width, "matrix", bias=qkv_bias)
     out += _linear_specs(m, f"{p}.attn.c_proj", inner, d, "matrix")
     if m.qk_norm:
         out += [ParamSpec(f"{p}.attn.{n}.weight", (m.head_dim,), "vector")

@@ -7,6 +7,8 @@ largest of them, not the sum of each piece's own maximum:
 - forward: at the loss. Saved activations, autocast's 16-bit weight copies (autograd keeps
   them for the backward pass), the (B, T, V) logits in the compute dtype, their fp32 copy under
   autocast, the fp32 log-probabilities and the final norm's fp32 output (a local of `forward`).
+  Or, when larger, inside the last block: every block's saved activations and what that block
+  holds in passing (`StepSizes.block_transients`).
 - loss_backward: log_softmax differentiated. The logits (the training loop still holds them),
   the saved log-probabilities, the gradient from nll_loss and the one log_softmax returns — three
   fp32 (B, T, V) tensors; no parameter gradient exists yet. The usual peak.
@@ -69,7 +71,9 @@ class StepSizes:
     embedding tables' own gradients (not the head's); tied_embedding: fp32 bytes of the tied
     token-embedding table (0 when untied); workspace: one block's backward working set;
     opt_temps: the optimizer update's temporaries; n_blocks: blocks in the model;
-    checkpointing: full recompute of each block.
+    checkpointing: full recompute of each block; block_transients: what the forward of the
+    last block holds beyond what it saves (0: never more than at the loss; a LoRA fine-tune's
+    adapters hold fp32 casts of their input, see `budgetlm.estimate.lora_activations`).
     """
 
     params: int
@@ -93,6 +97,7 @@ class StepSizes:
     opt_temps: int
     n_blocks: int
     checkpointing: bool
+    block_transients: int = 0
 
 
 def _phase(weights: int, grads: int, optimizer: int, activations: int, logits: int,
@@ -117,8 +122,11 @@ def step_phases(s: StepSizes) -> dict[str, dict[str, int]]:
     w_block = s.params + (s.copies_block if s.checkpointing else _saved_copies(s))
     last_acts = s.inputs + (s.acts_kept // s.n_blocks if s.checkpointing else 0) + s.acts_block
     after_blocks = s.grads_all - s.grads_embedding
+    at_loss = _phase(w_fwd, 0, s.state, acts, s.logits * (s.c + fp32_copy + 4), s.final_out)
+    in_block = _phase(w_fwd - s.copies_head, 0, s.state, s.inputs + s.acts_kept, 0,
+                      s.block_transients)
     return {
-        "forward": _phase(w_fwd, 0, s.state, acts, s.logits * (s.c + fp32_copy + 4), s.final_out),
+        "forward": max(at_loss, in_block, key=lambda p: sum(p.values())),
         "loss_backward": _phase(w_fwd, 0, s.state, acts, s.logits * (s.c + 12), 0),
         "block_backward": _phase(w_block, s.grads_head, s.state,
                                  s.inputs + s.acts_kept + recompute, s.logits * s.c, s.workspace),
@@ -142,14 +150,18 @@ def _decayed(role: str, ndim: int, decay_all: bool) -> bool:
 
 
 def muon_hidden(s: ParamSpec) -> bool:
-    """A 2-D hidden weight: a Linear weight that is not the LM head (Muon's share)."""
-    return s.role in ("matrix", "head") and not s.name.startswith("lm_head")
+    """A 2-D hidden weight: a Linear weight that is not the LM head, or a LoRA adapter matrix
+    (Muon's share)."""
+    return s.role in ("matrix", "head", "adapter") and not s.name.startswith("lm_head")
 
 
-def _groups(m: ModelConfig, optimizer: str, decay_all: bool,
-            expert_shards: int = 1) -> list[list[tuple[ParamSpec, int]]]:
-    """The optimizer's parameter groups in update order, as (spec, count) runs."""
-    counts = resident_spec_counts(m, expert_shards)
+def _groups(m: ModelConfig, optimizer: str, decay_all: bool, expert_shards: int = 1,
+            counts: list[tuple[ParamSpec, int]] | None = None,
+            ) -> list[list[tuple[ParamSpec, int]]]:
+    """The optimizer's parameter groups in update order, as (spec, count) runs of `counts`
+    (default: every parameter one rank holds)."""
+    if counts is None:
+        counts = resident_spec_counts(m, expert_shards)
     groups = []
     rest = counts
     if optimizer == "muon":
@@ -206,7 +218,8 @@ def _group_temps(group: list[tuple[ParamSpec, int]], optimizer: str, device: str
 
 def optimizer_temp_bytes(m: ModelConfig, optimizer: str, device: str, weight_decay: float = 0.0,
                          momentum: float = 0.9, nesterov: bool = False,
-                         decay_all: bool = False, expert_shards: int = 1) -> int:
+                         decay_all: bool = False, expert_shards: int = 1,
+                         counts: list[tuple[ParamSpec, int]] | None = None) -> int:
     """Peak bytes of the temporaries of one optimizer step, beyond gradients and state.
 
     Single-tensor updates (CPU, and budgetlm's own Lion / LAMB / Muon everywhere) hold the
@@ -214,20 +227,26 @@ def optimizer_temp_bytes(m: ModelConfig, optimizer: str, device: str, weight_dec
     `build_optimizer` picks torch's fused Adam/AdamW (no temporaries) and torch's foreach SGD /
     RMSprop / Adafactor, which hold them for every parameter of a group at once: SGD's
     weight-decayed gradient copies, RMSprop's and Adafactor's one temporary per parameter.
-    Groups are budgetlm.optim's: decay / no-decay (and Muon's hidden matrices).
+    Groups are budgetlm.optim's: decay / no-decay (and Muon's hidden matrices). counts: the
+    trainable tensors (`budgetlm.estimate.finetune.finetune_spec_counts`); default every one.
     """
     nesterov = nesterov and momentum > 0
     return max(_group_temps(g, optimizer, device, weight_decay, nesterov, decay_all)
-               for g in _groups(m, optimizer, decay_all, expert_shards))
+               for g in _groups(m, optimizer, decay_all, expert_shards, counts))
 
 
-def _mlp_workspace(m: ModelConfig, tokens: int, hidden_tokens: int, f: int, c: int) -> int:
+def _mlp_workspace(m: ModelConfig, tokens: int, hidden_tokens: int, f: int, c: int,
+                   lora: tuple[float, float] | None = None) -> int:
+    if lora is not None:  # frozen MLP weights: see `block_workspace_bytes`
+        per_token, per_hidden = lora
+        return int(math.ceil(tokens * per_token + hidden_tokens * per_hidden * f))
     if m.mlp == "swiglu":
         return int(math.ceil(tokens * 4 * m.d_model + hidden_tokens * 2 * c * f))
     return int(math.ceil(tokens * 8 * m.d_model + hidden_tokens * c * f))
 
 
-def block_workspace_bytes(m: ModelConfig, tokens: int, c: int) -> int:
+def block_workspace_bytes(m: ModelConfig, tokens: int, c: int,
+                          lora: tuple[float, float] | None = None) -> int:
     """One block's backward working set, net of what it frees, at its largest: inside the MLP's
     backward, the gradient of the hidden activation and the activation function's input
     gradient, in the compute dtype, beyond the down projection's saved input they replace (two
@@ -235,10 +254,15 @@ def block_workspace_bytes(m: ModelConfig, tokens: int, c: int) -> int:
     gradients of the residual stream (two; one for SwiGLU, whose peak comes before the second).
     Checked against MemTracker in tests/test_memory_truth.py. An MoE block differentiates one
     expert at a time: its share of the routed tokens (balanced routing), or every token in a
-    shared expert, at width expert_ff."""
-    dense = _mlp_workspace(m, tokens, tokens, m.ff, c)
+    shared expert, at width expert_ff.
+
+    lora: (bytes per token, bytes per hidden element) of a LoRA fine-tune's MLP backward
+    (`budgetlm.estimate.lora_activations.lora_mlp_backward_bytes`): the incoming residual gradient
+    plus the hidden-width gradients alive at once, net of what is freed by then."""
+    dense = _mlp_workspace(m, tokens, tokens, m.ff, c, lora)
     if not m.moe_layers:
         return dense
     routed = -(-tokens * m.n_expert_active // m.n_expert)
-    moe = _mlp_workspace(m, tokens, tokens if m.n_shared_expert else routed, m.expert_ff, c)
+    moe = _mlp_workspace(m, tokens, tokens if m.n_shared_expert else routed, m.expert_ff, c,
+                         lora)
     return max(moe, dense) if m.moe_layers < m.n_layer else moe

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from budgetlm.config import RunConfig, tokens_per_step
-from budgetlm.estimate.flops import Flops, flops_per_token
+from budgetlm.estimate.finetune import TrainableCount, trainable_count
+from budgetlm.estimate.flops import Flops, model_flops_per_token, training_flops_per_token
 from budgetlm.estimate.inputs import assumed_micro_batch
 from budgetlm.estimate.memory import Memory, memory_breakdown
 from budgetlm.estimate.params import ParamCount, count_params
@@ -15,20 +16,29 @@ from budgetlm.estimate.steptime import StepTime, step_time
 
 @dataclass(frozen=True)
 class Estimate:
-    """Parameters, FLOPs per token, memory and (with a hardware profile) step time of `config`."""
+    """Parameters, FLOPs per token, memory and (with a hardware profile) step time of `config`.
+
+    params: the model's parameters; trainable: those that train as `config.finetune` trains it
+    (all of them for a full run; adapters, and norms or head if asked, for LoRA) with the
+    total as peft counts it (adapters included); flops: what a training step executes
+    (`training_flops_per_token`)."""
 
     config: RunConfig
     params: ParamCount
     flops: Flops
     memory: Memory
     step: StepTime | None
+    trainable: TrainableCount | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready. flops_per_token = forward + backward (model FLOPs, no recompute)."""
+        """JSON-ready. flops_per_token = forward + backward of a training step (no recompute);
+        a LoRA fine-tune adds trainable_params, adapter_params, params_with_adapters,
+        model_flops_per_token (the 6N-style count MFU is quoted in) and finetune."""
         cfg = self.config
         mb = assumed_micro_batch(cfg)
         return {
             "params": self.params.total,
+            **self._finetune_dict(),
             "embedding_params": self.params.embedding,
             "non_embedding_params": self.params.non_embedding,
             "matmul_params": self.params.matmul,
@@ -52,8 +62,27 @@ class Estimate:
         }
 
 
+    def _finetune_dict(self) -> dict[str, Any]:
+        """A LoRA fine-tune's own fields (a full run trains every parameter: none): trainable
+        and adapter parameters, the total with adapters (as peft counts it), the 6N-style
+        model FLOPs per token MFU is quoted in, and the method."""
+        cfg = self.config
+        ft = cfg.finetune
+        if ft.method != "lora":
+            return {}
+        trainable = self.trainable or trainable_count(cfg)
+        return {
+            "trainable_params": trainable.trainable,
+            "adapter_params": trainable.adapters,
+            "params_with_adapters": trainable.total,
+            "model_flops_per_token": model_flops_per_token(cfg.model),
+            "finetune": {"method": ft.method, "rank": ft.lora.rank, "quantize": ft.quantize},
+        }
+
+
 def estimate(cfg: RunConfig, profile: object | None = None) -> Estimate:
-    """Parameters, FLOPs, memory and (with a profile) step time of `cfg`.
+    """Parameters (total and trainable), training FLOPs, memory and (with a profile) step time
+    of `cfg`, as `cfg.finetune` trains it.
 
     Memory is estimated for the profile's device when a profile is given, else for
     cfg.train.device ("auto" = cuda).
@@ -62,7 +91,8 @@ def estimate(cfg: RunConfig, profile: object | None = None) -> Estimate:
     return Estimate(
         config=cfg,
         params=count_params(cfg.model),
-        flops=flops_per_token(cfg.model, cfg.train.activation_checkpointing),
+        flops=training_flops_per_token(cfg),
         memory=memory_breakdown(cfg, device=device),
         step=step_time(cfg, profile),
+        trainable=trainable_count(cfg),
     )

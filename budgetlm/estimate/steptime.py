@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from budgetlm.config import RunConfig
-from budgetlm.estimate.flops import flops_per_token
+from budgetlm.estimate.flops import training_flops_per_token
 from budgetlm.estimate.inputs import (
     assumed_micro_batch,
     checked_precision,
@@ -58,7 +58,8 @@ class StepTime:
     """One optimizer step: seconds = flops_per_step / flops_per_s, flops_per_s = peak x mfu,
     where peak is the profile's `peak(precision)` and mfu the fraction of it a step reaches.
 
-    flops_per_step counts executed FLOPs (forward + backward + recompute) over
+    flops_per_step counts executed FLOPs (forward + backward + recompute; for a LoRA
+    fine-tune without the frozen weights' gradients, `training_flops_per_token`) over
     micro_batch x grad_accum x seq_len tokens. source: "measured profile" (this machine's
     measured matmul peak x default MFU), "datasheet peak x default MFU", or "timed".
     """
@@ -101,8 +102,7 @@ def step_time(
         return None
     mb = assumed_micro_batch(cfg, micro_batch)
     tokens = checked_tokens_per_step(cfg, mb)
-    flops = flops_per_token(cfg.model, cfg.train.activation_checkpointing)
-    flops_per_step = flops.total * tokens
+    flops_per_step = training_flops_per_token(cfg).total * tokens
     device = str(getattr(profile, "device", "cuda"))
     measured = bool(getattr(profile, "measured", False))
     mfu: float | None = None

@@ -17,6 +17,10 @@ from budgetlm.units import GiB
 
 # Matmul dtypes a profile knows, in display order.
 DTYPE_KEYS = ("fp32", "tf32", "bf16", "fp16")
+# The dense FP8 tensor rate, in `GpuSpec.peak_flops` of the rows whose source gives it. Not one of
+# DTYPE_KEYS: nothing measures it and profiles do not show it; the planner prices it from here.
+FP8_KEY = "fp8"
+PEAK_KEYS = (*DTYPE_KEYS, FP8_KEY)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class GpuSpec:
     `fp32` is the non-tensor (CUDA core) rate: what a matmul gets with TF32 disabled, PyTorch's
     default for matmuls. `tf32` is the TF32 tensor-core rate (Ampere and later). `bf16`/`fp16`
     are with fp32 accumulation, what PyTorch uses (GeForce cards run fp16 accumulation at 2x).
+    `fp8` (FP8_KEY, optional): the dense FP8 tensor-core rate where the source gives it.
     """
 
     key: str
@@ -57,9 +62,14 @@ def _spec(
     )
 
 
-def _tensor_peaks(fp32: float, tf32: float, half: float) -> dict[str, float]:
-    """Peaks of a GPU with TF32 tensor cores; bf16 and fp16 (fp32 accumulate) share one rate."""
-    return {"fp32": fp32, "tf32": tf32, "bf16": half, "fp16": half}
+def _tensor_peaks(fp32: float, tf32: float, half: float,
+                  fp8: float | None = None) -> dict[str, float]:
+    """Peaks of a GPU with TF32 tensor cores; bf16 and fp16 (fp32 accumulate) share one rate;
+    fp8 when the source gives it."""
+    peaks = {"fp32": fp32, "tf32": tf32, "bf16": half, "fp16": half}
+    if fp8 is not None:
+        peaks[FP8_KEY] = fp8
+    return peaks
 
 
 _H100_DS = "NVIDIA H100 Tensor Core GPU datasheet (2023, nvidia.com/h100)"
@@ -73,6 +83,10 @@ _V100_SXM2_DS = (
 )
 _ADA_WP = "NVIDIA Ada Lovelace GPU architecture whitepaper v2.1, Appendix A, Table 2"
 _GA102_WP = "NVIDIA Ampere GA102 GPU architecture whitepaper v2, Appendix A, Table 9"
+_BLACKWELL_SPECS = (
+    "NVIDIA HGX B200 / GB200 NVL72 specifications, 'Individual Blackwell GPU Specifications' "
+    "(2024-25, nvidia.com/hgx, nvidia.com/gb200-nvl72)"
+)
 
 # One chip, two memory sizes: the same peaks.
 _A100_PEAKS = _tensor_peaks(19.5e12, 156e12, 312e12)
@@ -82,16 +96,17 @@ _SPECS: tuple[GpuSpec, ...] = (
     _spec(
         "h100-sxm", "NVIDIA H100 SXM5 80GB",
         ("h100", "h100 sxm", "h100 sxm5", "h100 80gb hbm3", "nvidia h100 80gb hbm3"),
-        80, _tensor_peaks(66.9e12, 494.5e12, 989e12), 3350,
-        f"{_H100_DS}, SXM column: TF32 989 / BF16 1979 / FP16 1979 TFLOPS with sparsity "
-        "(halved for dense), 3.35 TB/s; FP32 66.9 TFLOPS from the NVIDIA H100 whitepaper",
+        80, _tensor_peaks(66.9e12, 494.5e12, 989e12, 1979e12), 3350,
+        f"{_H100_DS}, SXM column: TF32 989 / BF16 1979 / FP16 1979 / FP8 3958 TFLOPS with "
+        "sparsity (halved for dense), 3.35 TB/s; FP32 66.9 TFLOPS from the NVIDIA H100 "
+        "whitepaper",
     ),
     _spec(
         "h100-pcie", "NVIDIA H100 PCIe 80GB",
         ("h100 pcie", "nvidia h100 pcie", "h100 80gb pcie"),
-        80, _tensor_peaks(51.2e12, 378e12, 756e12), 2000,
-        f"{_H100_DS}, PCIe column: FP32 51 TFLOPS, TF32 756 / BF16 1513 / FP16 1513 TFLOPS "
-        "with sparsity (halved for dense), 2.0 TB/s",
+        80, _tensor_peaks(51.2e12, 378e12, 756e12, 1513e12), 2000,
+        f"{_H100_DS}, PCIe column: FP32 51 TFLOPS, TF32 756 / BF16 1513 / FP16 1513 / FP8 3026 "
+        "TFLOPS with sparsity (halved for dense), 2.0 TB/s",
     ),
     _spec(
         "h100-nvl", "NVIDIA H100 NVL 94GB",
@@ -103,9 +118,10 @@ _SPECS: tuple[GpuSpec, ...] = (
     _spec(
         "h200", "NVIDIA H200 SXM 141GB",
         ("h200", "h200 sxm", "nvidia h200", "h200 141gb"),
-        141, _tensor_peaks(67e12, 494.5e12, 989e12), 4800,
+        141, _tensor_peaks(67e12, 494.5e12, 989e12, 1979e12), 4800,
         "NVIDIA H200 Tensor Core GPU datasheet (2024, nvidia.com/h200), SXM column: FP32 67, "
-        "TF32 989 / BF16 1979 / FP16 1979 TFLOPS with sparsity (halved for dense), 4.8 TB/s",
+        "TF32 989 / BF16 1979 / FP16 1979 / FP8 3958 TFLOPS with sparsity (halved for dense), "
+        "4.8 TB/s",
     ),
     _spec(
         "a100-80gb", "NVIDIA A100 80GB",
@@ -134,9 +150,9 @@ _SPECS: tuple[GpuSpec, ...] = (
     _spec(
         "l4", "NVIDIA L4 24GB",
         ("l4", "nvidia l4"),
-        24, _tensor_peaks(30.3e12, 60e12, 121e12), 300,
+        24, _tensor_peaks(30.3e12, 60e12, 121e12, 242.5e12), 300,
         "NVIDIA L4 Tensor Core GPU datasheet (2023): FP32 30.3, TF32 120 / BF16 242 / FP16 242 "
-        "TFLOPS with sparsity (halved for dense), 300 GB/s",
+        "/ FP8 485 TFLOPS with sparsity (halved for dense), 300 GB/s",
     ),
     _spec(
         "t4", "NVIDIA T4 16GB",
@@ -177,9 +193,9 @@ _SPECS: tuple[GpuSpec, ...] = (
     _spec(
         "l40s", "NVIDIA L40S 48GB",
         ("l40s", "nvidia l40s"),
-        48, _tensor_peaks(91.6e12, 183e12, 362.05e12), 864,
-        "NVIDIA L40S GPU datasheet (2023): FP32 91.6, TF32 183, BF16 362.05, FP16 362.05 "
-        "TFLOPS dense (twice with sparsity), 864 GB/s",
+        48, _tensor_peaks(91.6e12, 183e12, 362.05e12, 733e12), 864,
+        "NVIDIA L40S GPU datasheet (2023): FP32 91.6, TF32 183, BF16 362.05, FP16 362.05, "
+        "FP8 733 TFLOPS dense (twice with sparsity), 864 GB/s",
     ),
     _spec(
         "l40", "NVIDIA L40 48GB",
@@ -187,6 +203,37 @@ _SPECS: tuple[GpuSpec, ...] = (
         48, _tensor_peaks(90.5e12, 90.5e12, 181.05e12), 864,
         "NVIDIA L40 GPU datasheet (2022): FP32 90.5, TF32 90.5, BF16 181.05, FP16 181.05 "
         "TFLOPS dense (twice with sparsity), 864 GB/s",
+    ),
+    _spec(
+        "b200", "NVIDIA B200 (HGX B200) 180GB",
+        ("b200", "hgx b200", "dgx b200", "nvidia b200"),
+        180, _tensor_peaks(75e12, 1.1e15, 2.25e15, 4.5e15), 7700,
+        f"{_BLACKWELL_SPECS}, HGX B200 column: FP32 75 TFLOPS, TF32 2.2 / FP16 and BF16 4.5 / "
+        "FP8 9 PFLOPS with sparsity (halved for dense), 180 GB HBM3E, 7.7 TB/s",
+    ),
+    _spec(
+        "gb200", "NVIDIA GB200 NVL72 (per GPU) 186GB",
+        ("gb200", "gb200 nvl72", "nvidia gb200"),
+        186, _tensor_peaks(80e12, 1.25e15, 2.5e15, 5e15), 8000,
+        f"{_BLACKWELL_SPECS}, GB200 NVL72 column: FP32 80 TFLOPS, TF32 2.5 / FP16 and BF16 5 / "
+        "FP8 10 PFLOPS with sparsity (halved for dense), 186 GB HBM3E, 8 TB/s",
+    ),
+    _spec(
+        "h20", "NVIDIA H20 96GB",
+        ("h20", "nvidia h20", "hgx h20"),
+        96, _tensor_peaks(44e12, 74e12, 148e12), 4000,
+        "No public NVIDIA datasheet (China-market part); NVIDIA's partner specification as "
+        "reported in the press (Wccftech, Nov 2023; willitrunai.com H20 page): FP32 44, TF32 74, "
+        "FP16/BF16 148 TFLOPS dense, 96 GB HBM3, 4.0 TB/s. No FP8 figure found (only INT8 296 "
+        "TOPS), so none is given",
+    ),
+    _spec(
+        "mi300x", "AMD Instinct MI300X 192GB",
+        ("mi300x", "amd instinct mi300x", "instinct mi300x", "mi300x oam"),
+        192, _tensor_peaks(163.4e12, 653.7e12, 1307.4e12, 2614.9e12), 5300,
+        "AMD Instinct MI300X product page (2023, amd.com), footnote MI300-17: FP32 163.4, TF32 "
+        "653.7, FP16 1307.4, BF16 1307.4, FP8 2614.9 TFLOPS dense (twice with structured "
+        "sparsity); 192 GB HBM3, 5.3 TB/s (MI300-05A)",
     ),
 )
 
@@ -209,11 +256,15 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
     "a10": ("a10",),
     "l40s": ("l40s",),
     "l40": ("l40",),
+    "b200": ("b200",),
+    "gb200": ("gb200",),
+    "h20": ("h20",),
+    "mi300x": ("mi300x",),
 }
 _FORM_OF = {"h100-sxm": "sxm", "h100-pcie": "pcie", "h100-nvl": "nvl"}
 _FORM_WORDS = {"sxm": "sxm", "sxm4": "sxm", "sxm5": "sxm", "hbm3": "sxm", "pcie": "pcie",
                "nvl": "nvl"}
-_VENDOR_WORDS = {"nvidia", "geforce", "tesla", "gpu", "tensor", "core"}
+_VENDOR_WORDS = {"nvidia", "geforce", "tesla", "gpu", "tensor", "core", "amd", "instinct"}
 
 
 def _tokens(name: str) -> list[str]:

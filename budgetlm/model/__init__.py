@@ -1,16 +1,18 @@
 """GPT (causal LM) and BERT-style (masked LM) transformers, read top to bottom: `layers`
 (norms, rotary, attention), `mlp` (dense MLP, mixture of experts), `transformer` (the block and
-what both families share), `gpt`, `bert`.
+what both families share), `gpt`, `bert`; `hf_weights` maps a GPT's weights to and from a Hugging
+Face checkpoint (GPT-2 and Llama names, `hf_module_names`, `load_pretrained`).
 
 nanoGPT-style: one `Block` (pre-norm attention + MLP) shared by both families, every option of
-`ModelConfig` honoured (learned or rotary positions, LayerNorm or RMSNorm, GELU/ReLU/SwiGLU MLP,
-biases on or off, tied embeddings, fused SDPA or eager attention, dropout, per-head width that
-may differ from d_model / n_head, grouped-query attention, qk-norm, sliding window, mixture of
-experts). Parameter names here are mirrored by `budgetlm.estimate.param_shapes`, which the
-tests compare name by name:
+`ModelConfig` honoured (learned or rotary positions, LayerNorm or RMSNorm, GELU (exact or
+tanh), ReLU or SwiGLU MLP, fused or separate q/k/v projections, biases on or off, tied
+embeddings, fused SDPA or eager attention, dropout, per-head width that may differ from d_model
+/ n_head, grouped-query attention, qk-norm, sliding window, mixture of experts). Parameter names
+here are mirrored by `budgetlm.estimate.param_shapes`, which the tests compare name by name:
 
     blocks.{i}.ln_1, blocks.{i}.attn.c_attn (fused q | k | v: (n_head + 2·kv_heads)·head_dim
-    rows), blocks.{i}.attn.c_proj, blocks.{i}.attn.q_norm / k_norm (qk_norm: head_dim each),
+    rows) or, with fused_qkv false, blocks.{i}.attn.q_proj / k_proj / v_proj,
+    blocks.{i}.attn.c_proj, blocks.{i}.attn.q_norm / k_norm (qk_norm: head_dim each),
     blocks.{i}.ln_2, then a dense blocks.{i}.mlp.{w1,w3,w2 | c_fc,c_proj} or an MoE
     blocks.{i}.mlp.router (n_expert x d, no bias), blocks.{i}.mlp.experts.{e}.{...},
     blocks.{i}.mlp.shared.{s}.{...}
@@ -28,14 +30,16 @@ from budgetlm.config import ModelConfig
 from budgetlm.errors import UserError
 from budgetlm.model.bert import N_TOKEN_TYPES, BertMLM, MLMHead, mlm_mask
 from budgetlm.model.gpt import GPT
+from budgetlm.model.hf_weights import hf_layout, hf_module_names, load_pretrained
 from budgetlm.model.layers import Rotary, SelfAttention, make_norm, window_mask
 from budgetlm.model.mlp import MLP, MoE, route
 from budgetlm.model.transformer import IGNORE_INDEX, Block, TransformerBase
 
 __all__ = [
     "GPT", "IGNORE_INDEX", "MLP", "N_TOKEN_TYPES", "BertMLM", "Block", "MLMHead", "MoE", "Rotary",
-    "SelfAttention", "TransformerBase", "build_model", "expert_load", "make_norm", "mlm_mask",
-    "n_params", "route", "window_mask",
+    "SelfAttention", "TransformerBase", "build_model", "expert_load", "hf_layout",
+    "hf_module_names", "load_pretrained", "make_norm", "mlm_mask", "n_params", "route",
+    "window_mask",
 ]
 
 

@@ -2,11 +2,12 @@
 
 Attention projects q, k and v with one fused Linear `c_attn` of width
 (n_head + 2·kv_heads)·head_dim — q first, then k, then v — so a plain multi-head model keeps
-GPT-2's (3·n_head·head_dim) layout and names. Grouped-query attention (Ainslie et al. 2023)
-lets each of the kv_heads key/value heads serve n_head / kv_heads consecutive query heads
-(kv head j serves query heads j·g … j·g+g-1, as HF's `repeat_kv`): through SDPA with
-`enable_gqa=True` (the math backend repeats k/v itself), and through an explicit
-`repeat_interleave` in eager attention.
+GPT-2's (3·n_head·head_dim) layout and names; with `fused_qkv` false, with three Linears
+`q_proj`, `k_proj`, `v_proj` (Llama's layout: the same math, the rows of c_attn split in
+three). Grouped-query attention (Ainslie et al. 2023) lets each of the kv_heads key/value heads
+serve n_head / kv_heads consecutive query heads (kv head j serves query heads j·g … j·g+g-1, as
+HF's `repeat_kv`): through SDPA with `enable_gqa=True` (the math backend repeats k/v itself),
+and through an explicit `repeat_interleave` in eager attention.
 
 Sliding-window attention (Mistral): query i attends to keys j with 0 <= i - j < window. A window
 shorter than the sequence is an explicit boolean mask, so SDPA (and eager) compute the full
@@ -77,7 +78,13 @@ class SelfAttention(nn.Module):
         self.eager = cfg.attention == "eager"
         self.dropout = cfg.dropout
         qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias  # Qwen2: q, k, v only
-        self.c_attn = nn.Linear(cfg.d_model, self.inner + 2 * self.kv_inner, bias=qkv_bias)
+        self.c_attn = self.q_proj = self.k_proj = self.v_proj = None
+        if cfg.fused_qkv:
+            self.c_attn = nn.Linear(cfg.d_model, self.inner + 2 * self.kv_inner, bias=qkv_bias)
+        else:
+            self.q_proj = nn.Linear(cfg.d_model, self.inner, bias=qkv_bias)
+            self.k_proj = nn.Linear(cfg.d_model, self.kv_inner, bias=qkv_bias)
+            self.v_proj = nn.Linear(cfg.d_model, self.kv_inner, bias=qkv_bias)
         self.c_proj = nn.Linear(self.inner, cfg.d_model, bias=cfg.bias)  # residual projection
         self.q_norm = self.k_norm = None
         if cfg.qk_norm:
@@ -96,7 +103,11 @@ class SelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, C) -> q (B, H, T, dh), k and v (B, Hkv, T, dh), normed and rotated."""
         B, T, _ = x.size()
-        q, k, v = self.c_attn(x).split((self.inner, self.kv_inner, self.kv_inner), dim=2)
+        if self.c_attn is not None:
+            q, k, v = self.c_attn(x).split((self.inner, self.kv_inner, self.kv_inner), dim=2)
+        else:
+            assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, dh)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, dh)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, dh)

@@ -1,4 +1,5 @@
-"""The MLP of a block: dense (GELU, ReLU or SwiGLU) or a mixture of experts.
+"""The MLP of a block: dense (GELU, GELU's tanh approximation, ReLU or SwiGLU) or a mixture of
+experts.
 
 MoE (Shazeer et al. 2017; Mixtral / Qwen-MoE routing): a router Linear(d -> n_expert, no bias),
 softmax over its logits, the top-k experts per token with their probabilities renormalized to
@@ -23,8 +24,17 @@ import torch.nn.functional as F
 from budgetlm.config import ModelConfig
 
 
+def _activation(kind: str) -> nn.Module:
+    if kind == "gelu":
+        return nn.GELU()
+    if kind == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    return nn.ReLU()
+
+
 class MLP(nn.Module):
-    """d -> ff -> d with GELU or ReLU; SwiGLU uses three matrices (Shazeer 2020).
+    """d -> ff -> d with GELU, GELU's tanh approximation (GPT-2's `gelu_new`) or ReLU; SwiGLU
+    uses three matrices (Shazeer 2020).
 
     `ff` defaults to cfg.ff; `dropout` to cfg.dropout (experts pass 0: the MoE drops once)."""
 
@@ -38,7 +48,7 @@ class MLP(nn.Module):
             self.w2 = nn.Linear(ff, d, bias=cfg.bias)  # down (residual projection)
         else:
             self.c_fc = nn.Linear(d, ff, bias=cfg.bias)
-            self.act = nn.GELU() if self.kind == "gelu" else nn.ReLU()
+            self.act = _activation(self.kind)
             self.c_proj = nn.Linear(ff, d, bias=cfg.bias)  # residual projection
         self.dropout = nn.Dropout(cfg.dropout if dropout is None else dropout)
 

@@ -17,7 +17,12 @@ fit and finish. The steps:
 3. Feasibility (`pricing`): the largest power-of-two micro-batch that fits in memory (estimator,
    with a margin), activation checkpointing only when even micro-batch 1 does not fit; step time
    from the estimator (measured peak on this machine, datasheet peak x default MFU elsewhere;
-   optionally corrected by timing real steps, `timing`); tokens reachable in the budget.
+   optionally corrected by timing real steps, `timing`); tokens reachable in the budget. On
+   several GPUs with an interconnect (`--gpus K --nodes M --interconnect NAME`, `parallel`):
+   per candidate the layout (ddp, fsdp with or without resharding after forward, hsdp across
+   nodes) and checkpointing that fit memory per GPU (`estimate.rank_memory`) with the shortest
+   step, compute plus the communication not hidden behind it (`estimate.comm_time`). fp8 is
+   priced from the datasheet when asked for (`precision`), as an estimate only.
 4. Batch and learning rate from the DeepSeek LLM 2024 priors for the run's compute (below their
    fitted range the lr is held at its 1e17-FLOP value and the batch is capped so a short run
    still takes PRIOR_MIN_STEPS steps); AdamW (0.9, 0.95 — 0.99 for small batches, as nanoGPT);

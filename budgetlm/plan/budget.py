@@ -39,8 +39,10 @@ class Budget:
     """Exactly one of gpu_hours, flops, seconds (`--time`) or cost (with price per GPU-hour).
 
     gpu: a GPU name from the datasheet table, "auto" or None (this machine's GPU, else the
-    reference H100 SXM); gpus: how many of them (data parallel); command: the command the
-    budget was typed for ("plan" or "calibrate"), which its messages name with its flags.
+    reference H100 SXM); gpus: how many of them (data parallel, replicated or sharded); nodes:
+    the machines they are spread over (gpus / nodes in each); interconnect: the network between
+    the nodes (`budgetlm.hardware.NETWORKS`; None: the GPU's usual one); command: the command
+    the budget was typed for ("plan" or "calibrate"), which its messages name with its flags.
     """
 
     gpu_hours: float | None = None
@@ -51,6 +53,8 @@ class Budget:
     gpu: str | None = None
     gpus: int = 1
     command: str = field(default="plan", compare=False, repr=False)
+    nodes: int = 1
+    interconnect: str | None = None
 
     def __post_init__(self) -> None:
         given = [
@@ -80,6 +84,26 @@ class Budget:
                 "--gpu: a --time budget is wall time on this machine; use --gpu-hours to plan "
                 "for another GPU"
             )
+        self._check_nodes()
+
+    def _check_nodes(self) -> None:
+        """--nodes and --interconnect: whole GPUs per node, a known network between nodes."""
+        if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1:
+            raise UserError(f"--nodes: must be a whole number >= 1, got {self.nodes!r}")
+        if self.gpus % self.nodes:
+            raise UserError(f"--gpus {self.gpus}: not a whole number of GPUs per node over "
+                            f"--nodes {self.nodes}")
+        if self.interconnect is not None:
+            if self.nodes == 1:
+                raise UserError(f"--interconnect {self.interconnect}: the network between "
+                                "nodes; give --nodes M (more than 1) as well")
+            self.interconnect = hardware.lookup_network(self.interconnect).key
+        if self.nodes > 1 and self.seconds is not None:
+            raise UserError(f"--nodes {self.nodes}: a --time budget is wall time on this "
+                            "machine (one node); use --gpu-hours to plan for several nodes")
+        if self.nodes > 1 and self.flops is not None and self.gpu in (None, "auto"):
+            raise UserError(f"--nodes {self.nodes}: a --flops budget prices no device; name "
+                            "one with --gpu")
 
     @property
     def kind(self) -> str:
@@ -109,6 +133,10 @@ class Budget:
             if v is not None:
                 out[k] = v
         out["gpus"] = self.gpus
+        if self.nodes > 1:
+            out["nodes"] = self.nodes
+        if self.interconnect is not None:
+            out["interconnect"] = self.interconnect
         return out
 
 
@@ -145,6 +173,8 @@ class Target:
     name: str = ""
     first_line: str = ""
     notes: list[str] = field(default_factory=list)
+    fabric: Any = None  # hardware.Fabric of several GPUs (None: one GPU, or no interconnect row)
+    nodes: int = 1
 
 
 def memory_margin(device: str) -> float:
@@ -210,11 +240,13 @@ def _time_target(budget: Budget, profile: Any) -> Target:
         f"{src} matmul peak {format_flops_rate(peak)} {best}"
         f"{' (measured just now)' if measured_now else ''}; step times are estimates"
     )
+    notes: list[str] = []
     return Target(
         kind="time", device=profile.device, profile=prof, devices=devices,
         wall_seconds=seconds, memory_bytes=profile.device_memory_bytes,
         memory_limit=memory_margin(profile.device) * profile.device_memory_bytes, source=src,
-        name=what, first_line=first,
+        name=what, first_line=first, notes=notes,
+        fabric=gpu_fabric(budget, profile, devices, notes) if profile.device == "cuda" else None,
     )
 
 
@@ -234,17 +266,20 @@ def _flops_target(budget: Budget, profile: Any) -> Target:
             ),
         )
     base = profile if profile is not None else hardware.reference_profile(budget.gpu, budget.gpus)
+    notes: list[str] = []
+    where = gpus_in_nodes(budget, gpu_name(base))
     return Target(
         kind="flops", device="cuda", profile=PlanProfile(base), devices=budget.gpus, flops=flops,
         memory_bytes=base.device_memory_bytes,
         memory_limit=GPU_MEMORY_MARGIN * base.device_memory_bytes,
         source="measured" if base.measured else "datasheet",
-        name=f"{budget.gpus} x {gpu_name(base)}",
+        name=where,
         first_line=(
             f"budget: {flops:.3g} FLOPs of training compute (model FLOPs: 6·N·D plus "
-            f"attention) on {budget.gpus} x {gpu_name(base)}; time from the "
+            f"attention) on {where}; time from the "
             f"{'measured' if base.measured else 'datasheet'} peak x default MFU"
         ),
+        notes=notes, fabric=gpu_fabric(budget, base, budget.gpus, notes), nodes=budget.nodes,
     )
 
 
@@ -301,10 +336,31 @@ def _gpu_hours_target(budget: Budget, profile: Any) -> Target:
         where = f" of a reference {name} ({reference_reason}; --gpu NAME plans for another)"
     else:
         where = f" of {name}" + (" (this machine)" if profile.measured else "")
+    fab = gpu_fabric(budget, profile, devices, notes)
+    spread = f" in {budget.nodes} nodes" if budget.nodes > 1 else ""
     return Target(
         kind="gpu", device="cuda", profile=prof, devices=devices, wall_seconds=wall,
         memory_bytes=profile.device_memory_bytes,
         memory_limit=GPU_MEMORY_MARGIN * profile.device_memory_bytes, source=src,
-        name=f"{devices} x {name}", first_line=f"{lead}{where}, {devices} x {format_seconds(wall)} "
-        f"wall; {how}", notes=notes,
+        name=gpus_in_nodes(budget, name), first_line=f"{lead}{where}, {devices} x "
+        f"{format_seconds(wall)} wall{spread}; {how}", notes=notes, fabric=fab, nodes=budget.nodes,
     )
+
+
+def gpus_in_nodes(budget: Budget, gpu: str) -> str:
+    """'64 x NVIDIA H100 SXM in 8 nodes' ('... x GPU' on one node)."""
+    return f"{budget.gpus} x {gpu}" + (f" in {budget.nodes} nodes" if budget.nodes > 1 else "")
+
+
+def gpu_fabric(budget: Budget, profile: Any, devices: int, notes: list[str]) -> Any:
+    """The interconnect of `devices` GPUs of `profile` in budget.nodes nodes
+    (`hardware.fabric`); None on one GPU, or when the GPU has no datasheet row (then the plan
+    prices no communication, and says so in `notes`)."""
+    if devices < 2:
+        return None
+    key = getattr(profile, "spec_key", None)
+    if key is None:
+        notes.append(f"communication not priced: {gpu_name(profile)} has no datasheet row, so "
+                     "no interconnect figures")
+        return None
+    return hardware.fabric(key, devices, budget.nodes, budget.interconnect)

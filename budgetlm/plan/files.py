@@ -35,7 +35,8 @@ class Record(BaseModel):
 class BudgetRecord(Record):
     """The budget as given (only the values that were set)."""
 
-    omitted_when_none = frozenset({"gpu_hours", "flops", "seconds", "cost", "price", "gpu"})
+    omitted_when_none = frozenset({"gpu_hours", "flops", "seconds", "cost", "price", "gpu",
+                                   "nodes", "interconnect"})
 
     kind: str = Field(description="gpu_hours, flops, time or cost")
     gpu_hours: float | None = Field(None, description="GPU-hours (--gpu-hours)")
@@ -45,10 +46,15 @@ class BudgetRecord(Record):
     price: float | None = Field(None, description="price per GPU-hour (--price)")
     gpu: str | None = Field(None, description="GPU named with --gpu")
     gpus: int = Field(description="GPUs used together (data parallel)")
+    nodes: int | None = Field(None, description="nodes the GPUs are in (--nodes; left out: 1)")
+    interconnect: str | None = Field(None, description="network between the nodes "
+                                     "(--interconnect; left out: the GPU's usual one)")
 
 
 class DeviceRecord(Record):
     """Where the budget is spent."""
+
+    omitted_when_none = frozenset({"nodes", "interconnect"})
 
     kind: str = Field(description="cpu, cuda or none (a FLOP budget with no --gpu)")
     name: str = Field(description="the device in words, e.g. '8 x NVIDIA A100 80GB'")
@@ -58,6 +64,10 @@ class DeviceRecord(Record):
     memory_limit: float | None = Field(description="memory a plan may use per device")
     wall_seconds: float | None = Field(description="wall seconds available")
     flops: float | None = Field(description="model FLOPs available (FLOP budgets)")
+    nodes: int | None = Field(None, description="nodes of several GPUs (left out: one GPU or "
+                              "no interconnect priced)")
+    interconnect: str | None = Field(None, description="the GPUs' links and network, in words, "
+                                     "with bandwidths (several GPUs)")
 
 
 class DataRecord(Record):
@@ -104,7 +114,14 @@ class OptimumRecord(Record):
 
 
 class CandidateRecord(Record):
-    """One configuration priced against the budget."""
+    """One configuration priced against the budget. The layout and step fields are there on
+    several GPUs with an interconnect; estimate_only only when true."""
+
+    omitted_when_none = frozenset({
+        "parallel", "reshard_after_forward", "layout", "step_seconds", "compute_seconds",
+        "comm_seconds", "comm_total_seconds", "comm_share", "comm_bytes", "bottleneck",
+        "estimate_only",
+    })
 
     name: str = Field(description="L<layers>-d<width>-T<seq_len>-<precision>")
     arch: str = Field(description="recipe: gpt2, llama or moe")
@@ -149,12 +166,31 @@ class CandidateRecord(Record):
     extrapolated: bool = Field(description="outside the range the law was fitted on")
     feasible: bool
     reason: str = Field(description="why not feasible ('' when it is)")
+    parallel: str | None = Field(None, description="train.parallel: ddp, fsdp or hsdp")
+    reshard_after_forward: bool | None = Field(
+        None, description="train.reshard_after_forward (fsdp/hsdp; true: ZeRO-3, false: ZeRO-2)")
+    layout: str | None = Field(None, description="ddp, fsdp, fsdp-z2, hsdp or hsdp-z2 (the "
+                               "table's par column)")
+    step_seconds: float | None = Field(None, description="seconds of an optimizer step: "
+                                       "compute + communication not hidden")
+    compute_seconds: float | None = Field(None, description="compute of an optimizer step")
+    comm_seconds: float | None = Field(None, description="communication not hidden behind "
+                                       "compute, per optimizer step")
+    comm_total_seconds: float | None = Field(None, description="all communication of a step, "
+                                             "hidden or not")
+    comm_share: float | None = Field(None, description="comm_seconds / step_seconds")
+    comm_bytes: int | None = Field(None, description="bytes one GPU sends per optimizer step")
+    bottleneck: str | None = Field(None, description="the link that bounds the most bytes")
+    estimate_only: bool | None = Field(None, description="true: priced (fp8 from the "
+                                       "datasheet) but the trainer cannot run it")
 
     @classmethod
     def of(cls, c: Candidate) -> CandidateRecord:
         """The record of candidate `c`."""
         m = c.model
         moe = m.n_expert > 0
+        step = c.step.to_dict() if c.step is not None else {}
+        layout = c.step_model.layout.label if c.step_model is not None else None
         return cls(
             name=c.name, arch=c.shape.arch, n_layer=c.shape.n_layer, d_model=c.shape.d_model,
             n_head=c.shape.n_head, n_kv_head=m.kv_heads, d_ff=m.ff, n_expert=m.n_expert,
@@ -170,6 +206,8 @@ class CandidateRecord(Record):
             memory_bytes=c.memory_bytes, loss=c.loss, loss_lo=c.loss_lo, loss_hi=c.loss_hi,
             loss_law=c.loss_law, context_adjustment=c.context_adjustment,
             extrapolated=c.extrapolated, feasible=c.feasible, reason=c.reason,
+            parallel=c.parallel, reshard_after_forward=c.reshard_after_forward, layout=layout,
+            estimate_only=True if c.estimate_only else None, **step,
         )
 
 
@@ -210,6 +248,8 @@ class PlanFile(Record):
                 kind=t.device, name=t.name, devices=t.devices, source=t.source,
                 memory_bytes=t.memory_bytes, memory_limit=t.memory_limit,
                 wall_seconds=t.wall_seconds, flops=t.flops,
+                nodes=t.nodes if t.fabric is not None else None,
+                interconnect=t.fabric.describe() if t.fabric is not None else None,
             ),
             law=p.law.to_dict(),
             loss_kind=p.law.kind,

@@ -46,7 +46,8 @@ def _top_notes(top: Candidate, tgt: Target) -> list[str]:
         notes.append(
             f"memory: the top candidate needs {top.memory_bytes / 2**30:.0f} GiB even at "
             f"micro-batch {top.micro_batch}{' with checkpointing' if top.checkpointing else ''}: "
-            "more than one 80 GiB GPU; the trainer's DDP replicates the model (no sharding)"
+            f"more than one {tgt.memory_bytes / 2**30:.0f} GiB GPU; --gpu NAME --gpus K prices "
+            "it sharded over K GPUs (FSDP)"
         )
     if top.extrapolated:
         notes.append(
@@ -80,17 +81,26 @@ def _time_notes(top: Candidate, tgt: Target, timed: list[str], busy: str | None,
         return [
             f"time: {tgt.source} peak x default MFU by model size "
             f"(top: MFU {top.mfu:.0%}); {'measured' if tgt.source == 'measured' else 'unmeasured'}"
-            + (f"; {tgt.devices} GPUs data parallel, communication not priced"
-               if tgt.devices > 1 else "")
+            + _devices_words(top, tgt)
         ]
     if tgt.kind != "time":
         return []
     if not timed:
         return ["time: estimated from the measured matmul peak x an efficiency by model size "
-                f"(not timed{': ' + untimed if untimed else ''})"]
+                f"(not timed{': ' + untimed if untimed else ''})" + _devices_words(top, tgt)]
     notes = [f"time: timed real steps of {len(timed)} candidates on this machine; the others "
              "are scaled by the measured/estimated ratio"]
     return notes + ([busy] if busy else [])
+
+
+def _devices_words(top: Candidate, tgt: Target) -> str:
+    """How the step time of several GPUs is made up ('' on one)."""
+    if tgt.devices <= 1:
+        return ""
+    if top.step is None:
+        return f"; {tgt.devices} GPUs data parallel, communication not priced"
+    return (f"; plus the communication of {tgt.devices} GPUs"
+            + (f" in {tgt.nodes} nodes" if tgt.nodes > 1 else "") + " not hidden behind compute")
 
 
 def plan_notes(top: Candidate, ctx: PlanContext, data_description: str, data: DataConfig,
@@ -116,10 +126,7 @@ def size_limit_note(top: Candidate, n_optimal: float, tgt: Target, law: laws.Los
         for c in bad
     )
     if bigger_did_not_fit and tgt.memory_limit is not None and tgt.memory_bytes:
-        where = ("one GPU" if tgt.device == "cuda" else "this machine's memory")
-        more = ("more GPUs holding the model's weights between them (sharding), which the "
-                "trainer does not do yet (--gpus only adds data-parallel replicas)"
-                if tgt.device == "cuda" else "more memory")
+        where, more = _larger_needs(tgt)
         return (
             f"memory: the compute-optimal model for this budget (~{format_count(n_optimal)} "
             f"params) does not fit in {where} ({tgt.memory_limit / 2**30:.0f} of "
@@ -133,6 +140,19 @@ def size_limit_note(top: Candidate, n_optimal: float, tgt: Target, law: laws.Los
             "trained on more tokens"
         )
     return None
+
+
+def _larger_needs(tgt: Target) -> tuple[str, str]:
+    """(where a larger model does not fit, what it needs) for `size_limit_note`."""
+    if tgt.device != "cuda":
+        return "this machine's memory", "more memory"
+    if tgt.fabric is not None:
+        return (f"{tgt.devices} GPUs even fully sharded (fsdp with checkpointing)",
+                "more GPUs, or tensor or pipeline parallelism, which budgetlm does not plan")
+    if tgt.devices > 1:
+        return "one GPU", "an interconnect to price sharding over the GPUs"
+    return "one GPU", ("more GPUs holding the model's weights between them (sharding): "
+                       "--gpus K prices FSDP over K GPUs")
 
 
 def why_nothing(budget: Budget, tgt: Target, bad: list[Candidate]) -> str:

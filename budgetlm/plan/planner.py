@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm import laws
-from budgetlm.config import PRECISIONS, DataConfig, RunConfig, dump_config
+from budgetlm.config import DataConfig, RunConfig, dump_config
 from budgetlm.errors import UserError
 from budgetlm.plan.arch import (
     MOE_LOSS_RULE,
@@ -21,7 +21,9 @@ from budgetlm.plan.budget import Budget, Target, resolve_target
 from budgetlm.plan.files import PlanFile
 from budgetlm.plan.ladder import LADDER_SPAN, Shape
 from budgetlm.plan.notes import plan_notes, size_limit_note, why_nothing
+from budgetlm.plan.parallel import comm_notes, price_sharded
 from budgetlm.plan.pareto import pareto
+from budgetlm.plan.precision import ESTIMATE_ONLY, PLAN_PRECISIONS
 from budgetlm.plan.pricing import (
     Candidate,
     PlanContext,
@@ -103,6 +105,9 @@ class Plan:
             raise UserError(f"-o {p}: expected a .yaml file name")
         if p.exists() and p.is_dir():
             raise UserError(f"-o {p}: is a directory")
+        if self.top.estimate_only:
+            raise UserError(f"-o {p}: the top candidate ({self.top.name}) is an estimate only: "
+                            f"{ESTIMATE_ONLY[self.top.precision]}")
         try:
             dump_config(self.config(0), p)
             j = write_json(p.with_suffix(".json"), self.to_dict(), indent=1)
@@ -163,8 +168,9 @@ def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
         if t < 8:
             raise UserError(f"--seq-len: must be at least 8, got {t}")
     for p in precisions or []:
-        if p not in PRECISIONS:
-            raise UserError(f"--precision: unknown precision {p!r}; one of {', '.join(PRECISIONS)}")
+        if p not in PLAN_PRECISIONS:
+            raise UserError(f"--precision: unknown precision {p!r}; one of "
+                            f"{', '.join(PLAN_PRECISIONS)}")
 
 
 def _window(law: laws.LossLaw, tgt: Target, precs: list[str], unique: int | None,
@@ -182,9 +188,11 @@ def _price(shapes: list[Shape], precs: list[str], seq_lens: list[int] | None,
     """(candidates that fit in memory, those that do not) of `shapes`."""
     fit: list[Candidate] = []
     no_fit: list[Candidate] = []
+    # several GPUs with an interconnect: the layout (ddp, fsdp, hsdp) is priced per candidate
+    price = price_sharded if ctx.target.fabric is not None else price_candidates
     for s in shapes:
         for T in seq_lens_for(ctx.target, s.approx_params, seq_lens):
-            for c in price_candidates(s, T, precs, ctx):
+            for c in price(s, T, precs, ctx):
                 (fit if c.feasible else no_fit).append(c)
     return fit, no_fit
 
@@ -235,7 +243,15 @@ def _finish_all(setups: list[Candidate],
         c2 = finished_copy(c, ctx)
         (ok if c2.feasible else bad).append(c2)
     ok.sort(key=lambda c: rank_key(c, ctx.target.device))
-    return ok, bad
+    runnable = next((i for i, c in enumerate(ok) if not c.estimate_only), 0)
+    return ok[runnable:runnable + 1] + ok[:runnable] + ok[runnable + 1:], bad
+
+
+def _time_runnable(setups: list[Candidate], ranked: list[Candidate], ctx: PlanContext,
+                   top: int) -> list[str]:
+    """`time_and_rescale` over the candidates the trainer can run (fp8 has no trainer path)."""
+    return time_and_rescale([s for s in setups if not s.estimate_only],
+                            [c for c in ranked if not c.estimate_only], ctx, top)
 
 
 def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None) -> dict[str, Any]:
@@ -270,13 +286,19 @@ def _context(law: laws.LossLaw, tgt: Target, info: DataInfo, optimizer: str, fam
 
 
 def _notes(top: Candidate, ctx: PlanContext, info: DataInfo, timed: list[str],
-           busy: str | None, short: bool) -> list[str]:
-    """The target's notes, then the plan's, with the recipe after the data and loss notes."""
+           busy: str | None, short: bool, shown: list[Candidate]) -> list[str]:
+    """The target's notes, then the plan's, with the recipe after the data and loss notes;
+    then the communication of several GPUs and what estimate-only rows among `shown` mean."""
     untimed = (f"the budget is shorter than timing steps on this machine takes, up to "
                f"{TIMING_SECONDS:.0f} s; --timing times them anyway") if short else None
     notes = list(ctx.target.notes) + plan_notes(top, ctx, info.description, info.config,
                                                 info.given, timed, busy, untimed)
     notes.insert(len(ctx.target.notes) + 2, describe_arch(ctx.arch, top.model))
+    notes += comm_notes(top, ctx.target, shown)
+    if any(c.estimate_only for c in shown):
+        notes += [f"{p}† (estimate only): {why}; priced as the bf16 step at that peak (same MFU, "
+                  "memory and communication), never the exported config"
+                  for p, why in ESTIMATE_ONLY.items() if any(c.precision == p for c in shown)]
     return notes
 
 
@@ -354,7 +376,7 @@ def plan(
     if timing is None:
         timing = tgt.kind == "time" and profile is None and not short
     if timing and tgt.kind == "time" and ranked:
-        timed = time_and_rescale(setups, ranked, ctx, timing_top)
+        timed = _time_runnable(setups, ranked, ctx, timing_top)
         if spend_planning and tgt.wall_seconds is not None:
             # what planning took so far, and the ranking below once more
             tgt.wall_seconds = max(1.0, tgt.wall_seconds - (time.perf_counter() - t0 + t_finish))
@@ -365,7 +387,7 @@ def plan(
         raise UserError(why_nothing(budget, tgt, infeasible))
     axes = ("loss", "seconds", "memory_bytes") if tgt.kind == "flops" else ("loss", "memory_bytes")
     optimum = _optimum(law, ranked[0], info.unique)
-    notes = _notes(ranked[0], ctx, info, timed, busy, short)
+    notes = _notes(ranked[0], ctx, info, timed, busy, short, ranked)
     limit = size_limit_note(ranked[0], _optimal_params(optimum), tgt, law, infeasible, fell_back)
     notes += [limit] if limit else []
     return Plan(

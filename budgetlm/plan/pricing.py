@@ -19,12 +19,12 @@ from budgetlm.estimate import (
     memory_breakdown,
     memory_phase_totals,
     model_flops_per_token,
-    step_time,
 )
 from budgetlm.plan.arch import inactive_params, model_config
 from budgetlm.plan.budget import Target
 from budgetlm.plan.files import CandidateRecord
 from budgetlm.plan.ladder import Shape
+from budgetlm.plan.precision import FP8, compute_time, estimate_only, estimator_precision
 
 MIN_STEPS = 10  # fewer optimizer steps than this is not a training run
 # Cap the prior batch so that a short run still takes this many optimizer steps: DeepSeek's
@@ -81,11 +81,22 @@ class Candidate:
     estimated_mfu: float | None = None
     active_params: int = 0  # parameters a token passes through (MoE: top-k experts); 0: params
     active_non_embedding_params: int = 0
+    # several GPUs with an interconnect (`plan.parallel`): train.parallel (ddp, fsdp or hsdp)
+    # and train.reshard_after_forward; None on one GPU or when no communication is priced
+    parallel: str | None = None
+    reshard_after_forward: bool | None = None
+    step_model: Any = field(default=None, repr=False)  # a step's price at (micro-batch, accum)
+    step: Any = field(default=None, repr=False)  # that price at this candidate's batch
 
     def __post_init__(self) -> None:
         if not self.active_params:
             self.active_params = self.params
             self.active_non_embedding_params = self.non_embedding_params
+
+    @property
+    def estimate_only(self) -> bool:
+        """Priced, but the trainer cannot run it (fp8): never the exported candidate."""
+        return estimate_only(self.precision)
 
     @property
     def model(self) -> ModelConfig:
@@ -118,6 +129,10 @@ class PlanContext:
     family: str
     ref_seq: int | None  # the sequence length the law's losses are for (context heuristic)
     arch: str = "gpt2"  # the recipe candidates are built with (`plan.arch`)
+    # (precision, layout) -> (ladder size, sequence length) of the models whose micro-batch 1
+    # did not fit one GPU in that layout (`plan.parallel`): a larger model at a longer
+    # sequence does not fit either
+    no_fit: dict[tuple[str, Any], list[tuple[int, int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,43 +190,52 @@ def _affine_memory(base: RunConfig, precision: str, checkpointing: bool,
     return AffineMemory(tuple((at1[p], at2[p] - at1[p]) for p in at1))
 
 
+def model_sizes(m: ModelConfig) -> dict[str, Any]:
+    """A candidate's size fields for model `m`: parameters (total, non-embedding, active),
+    model FLOPs per token and family."""
+    pc = count_params(m)
+    inactive = inactive_params(m)
+    return {"params": pc.total, "non_embedding_params": pc.non_embedding,
+            "flops_per_token": model_flops_per_token(m), "active_params": pc.total - inactive,
+            "active_non_embedding_params": pc.non_embedding - inactive, "family": m.family}
+
+
 def _price_in(shape: Shape, m: ModelConfig, precision: str,
               ctx: PlanContext) -> Candidate | None:
     """The candidate of model `m` in `precision` (None: no peak for it on this device)."""
     tgt = ctx.target
-    pc = count_params(m)
-    fl = model_flops_per_token(m)
-    inactive = inactive_params(m)
-    active = {"active_params": pc.total - inactive,
-              "active_non_embedding_params": pc.non_embedding - inactive, "family": m.family}
-    cap = CPU_MICRO_BATCH_CAP if tgt.device == "cpu" else GPU_MICRO_BATCH_CAP
+    sizes = model_sizes(m)
+    cap = micro_batch_cap(tgt)
     dev = tgt.device if tgt.device in ("cpu", "cuda") else "cuda"
-    base = estimator_config(m, precision, 1, False, ctx.optimizer, dev)
-    mem, ckpt, mb = _affine_memory(base, precision, False, dev), False, cap
+    prec = estimator_precision(precision)
+    base = estimator_config(m, prec, 1, False, ctx.optimizer, dev)
+    mem, ckpt, mb = _affine_memory(base, prec, False, dev), False, cap
     if tgt.memory_limit is not None:
         if mem(1) > tgt.memory_limit:
-            mem_ck = _affine_memory(base, precision, True, dev)
+            mem_ck = _affine_memory(base, prec, True, dev)
             if mem_ck(1) <= tgt.memory_limit or not tgt.memory_strict:
                 mem, ckpt = mem_ck, True
             else:
                 return Candidate(
-                    shape, m.seq_len, precision, ctx.vocab, pc.total, pc.non_embedding, fl, 1, 1,
-                    tgt.devices, True, mem_ck(1), None, "", feasible=False, **active,
+                    shape, m.seq_len, precision, ctx.vocab, micro_batch=1, grad_accum=1,
+                    devices=tgt.devices, checkpointing=True, memory_bytes=mem_ck(1),
+                    tokens_per_s=None, time_source="", feasible=False, **sizes,
                     reason=f"does not fit: {mem_ck(1) / 2**30:.1f} GiB at micro-batch 1 "
                            f"with checkpointing > {tgt.memory_limit / 2**30:.1f} GiB",
                 )
         mb = mem.largest_pow2(tgt.memory_limit, cap)
     rate, source, mfu = None, "", None
     if tgt.profile is not None:
-        cfg = estimator_config(m, precision, mb, ckpt, ctx.optimizer, dev)
-        st = step_time(cfg, tgt.profile, micro_batch=mb, precision=precision)
+        cfg = estimator_config(m, prec, mb, ckpt, ctx.optimizer, dev)
+        st = compute_time(cfg, tgt.profile, mb, precision)
         if st is None:
             return None  # no peak for this precision on this device
         rate = tokens_per_step(mb, tgt.devices, m.seq_len) / st.seconds  # all devices
         source, mfu = st.source, st.mfu
     cand = Candidate(
-        shape, m.seq_len, precision, ctx.vocab, pc.total, pc.non_embedding, fl, mb, 1,
-        tgt.devices, ckpt, mem(mb), rate, source, **active,
+        shape, m.seq_len, precision, ctx.vocab, micro_batch=mb, grad_accum=1,
+        devices=tgt.devices, checkpointing=ckpt, memory_bytes=mem(mb), tokens_per_s=rate,
+        time_source=source, **sizes,
     )
     cand.mfu = cand.estimated_mfu = mfu
     cand.estimated_tokens_per_s = rate
@@ -219,11 +243,18 @@ def _price_in(shape: Shape, m: ModelConfig, precision: str,
     return cand
 
 
+def micro_batch_cap(tgt: Target) -> int:
+    """The largest micro-batch priced on `tgt`'s device."""
+    return CPU_MICRO_BATCH_CAP if tgt.device == "cpu" else GPU_MICRO_BATCH_CAP
+
+
 def finish_candidate(c: Candidate, ctx: PlanContext) -> Candidate:
     """Tokens in the budget, batch and lr from the priors, predicted loss (in place)."""
     tgt = ctx.target
     if not c.feasible and c.reason.startswith("does not fit"):
         return c
+    if c.step_model is not None:
+        _settle_step(c, ctx)
     tokens, eval_overhead = _tokens_in_budget(c, ctx)
     c.tokens = int(tokens)
     compute = c.flops_per_token * tokens
@@ -266,20 +297,60 @@ def _tokens_in_budget(c: Candidate, ctx: PlanContext) -> tuple[float, float]:
     return c.tokens_per_s * max(0.0, tgt.wall_seconds - eval_overhead), eval_overhead
 
 
+def _settle_step(c: Candidate, ctx: PlanContext) -> None:
+    """Several GPUs: the step priced (`c.step_model`) at the batch the budget buys, which
+    depends on the tokens, which depend on the step time: a few rounds until the batch holds.
+    A timed correction of the rate (tokens_per_s / estimated_tokens_per_s) is kept."""
+    cap = c.micro_batch  # the largest that fits, as priced
+    ratio = 1.0
+    if c.tokens_per_s and c.estimated_tokens_per_s:
+        ratio = c.tokens_per_s / c.estimated_tokens_per_s
+    split = None
+    for _ in range(3):
+        tokens, _ = _tokens_in_budget(c, ctx)
+        now = batch_split(tokens, c.flops_per_token * tokens, c.seq_len, c.devices, cap,
+                          exact_batch(ctx.target))
+        if now == split:
+            break
+        split = now
+        if c.step is None or (c.step.micro_batch, c.step.accum) != now:
+            c.step = c.step_model.price(*now)
+        c.tokens_per_s = c.step.tokens_per_s * ratio
+
+
+def exact_batch(tgt: Target) -> bool:
+    """Whether a batch that fits one micro-batch is taken exactly (else a power of two)."""
+    return tgt.device == "cpu" or tgt.kind == "time"
+
+
+def prior_batch_seqs(tokens: float, compute: float, seq_len: int) -> int:
+    """Sequences of the global batch: the DeepSeek prior for `compute`, shrunk (not below
+    MIN_BATCH_SEQS) to give `tokens` at least PRIOR_MIN_STEPS steps."""
+    seqs = max(1, round(laws.deepseek_batch_tokens(max(compute, 1.0)) / seq_len))
+    return min(seqs, max(MIN_BATCH_SEQS, int(tokens // (seq_len * PRIOR_MIN_STEPS))))
+
+
+def batch_split(tokens: float, compute: float, seq_len: int, devices: int, mb_cap: int,
+                exact: bool) -> tuple[int, int]:
+    """(micro-batch, accumulation per device) of the prior's batch (`prior_batch_seqs`) over
+    `devices`, micro-batches up to `mb_cap`: a power of two, or exactly the per-device batch
+    when `exact` and it fits one micro-batch."""
+    seqs = prior_batch_seqs(tokens, compute, seq_len)
+    per_device = max(1, math.ceil(seqs / devices))
+    if per_device <= mb_cap and exact:
+        mb = per_device  # exactly the prior's batch in one micro-batch
+    else:
+        mb = min(mb_cap, 2 ** int(math.log2(per_device)))
+    return mb, max(1, round(seqs / (mb * devices)))
+
+
 def _batch_from_prior(c: Candidate, tokens: float, compute: float, tgt: Target) -> None:
     """Global batch: the DeepSeek prior, shrunk (not below MIN_BATCH_SEQS) to give at least
     PRIOR_MIN_STEPS steps; whole sequences, as micro-batch x accumulation x devices."""
-    T, K = c.seq_len, c.devices
-    seqs = max(1, round(laws.deepseek_batch_tokens(max(compute, 1.0)) / T))
-    seqs = min(seqs, max(MIN_BATCH_SEQS, int(tokens // (T * PRIOR_MIN_STEPS))))
-    per_device = max(1, math.ceil(seqs / K))
-    if per_device <= c.micro_batch and (tgt.device == "cpu" or tgt.kind == "time"):
-        mb = per_device  # exactly the prior's batch in one micro-batch
-    else:
-        mb = min(c.micro_batch, 2 ** int(math.log2(per_device)))
-    accum = max(1, round(seqs / (mb * K)))
+    mb, accum = batch_split(tokens, compute, c.seq_len, c.devices, c.micro_batch,
+                            exact_batch(tgt))
     c.micro_batch, c.grad_accum = mb, accum
-    c.batch_tokens = tokens_per_step(mb, accum * K, T)
+    c.batch_tokens = tokens_per_step(mb, accum * c.devices, c.seq_len)
 
 
 def _predict_loss(c: Candidate, ctx: PlanContext) -> None:
@@ -319,8 +390,16 @@ def whole_eval_windows(tokens: float, seq_len: int, val_tokens: int | None) -> i
 
 def precisions_for(tgt: Target, wanted: list[str] | None) -> list[str]:
     """The precisions to price on `tgt`: those asked for (with a peak), else those with a peak;
-    fp16 only where it is measurably faster than bf16."""
+    fp16 only where it is measurably faster than bf16. fp8 only when asked for, and with the
+    device's first runnable precision besides when no runnable one is asked for (an fp8
+    candidate is an estimate, never the exported one)."""
     order = PRECISION_ORDER[tgt.device]
+    if wanted and FP8 in wanted:
+        if tgt.profile is None or not tgt.profile.peak(FP8):
+            raise UserError(f"--precision fp8: {tgt.name} has no fp8 peak in its datasheet row")
+        if all(estimate_only(p) for p in wanted):
+            runnable = [p for p in order if tgt.profile.peak(p)][:1]
+            wanted = [*runnable, *wanted]
     if tgt.profile is None:
         return list(wanted or order[:1])
     have = [p for p in (wanted or order) if tgt.profile.peak(p)]

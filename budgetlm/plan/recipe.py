@@ -24,9 +24,11 @@ from budgetlm.config import (
     set_path,
     validate,
 )
-from budgetlm.estimate import model_flops_per_token
+from budgetlm.errors import UserError
+from budgetlm.estimate import training_flops_per_token
 from budgetlm.plan.arch import MOE_LOSS_RULE
 from budgetlm.plan.budget import Budget, Target
+from budgetlm.plan.precision import ESTIMATE_ONLY
 from budgetlm.plan.pricing import TIME_EVALS, Candidate, model_config
 
 SMALL_BATCH_TOKENS = 16384  # below this many tokens per step, AdamW beta2 = 0.99
@@ -75,6 +77,10 @@ def train_config(c: Candidate, target: Target, *, eval_interval: int | None = No
         train["eval_interval"] = max(1, c.steps // 20)
         if c.steps >= 2000 and checkpoints:
             train["checkpoint_interval"] = max(1, c.steps // 10)
+    if c.parallel is not None:  # several GPUs: the layout the plan priced
+        train["parallel"] = c.parallel
+        if c.reshard_after_forward is not None:
+            train["reshard_after_forward"] = c.reshard_after_forward
     given = {"eval_interval": eval_interval, "eval_tokens": eval_tokens,
              "keep_last": keep_last, "device": device}
     train.update({k: v for k, v in given.items() if v is not None})
@@ -110,6 +116,9 @@ def predicted(c: Candidate, *, law: laws.LossLaw, unique_tokens: int | None,
     if c.active_params != c.params:
         out["active_params"] = c.active_params
         out["loss_rule"] = dict(MOE_LOSS_RULE)
+    if c.step is not None:  # several GPUs: the step's compute and communication
+        out["layout"] = c.step_model.layout.label
+        out.update(c.step.to_dict())
     if c.loss_lo is not None:
         out["loss_lo"], out["loss_hi"] = c.loss_lo, c.loss_hi
         out["interval_level"] = float(law.extra.get("interval_level", 0.9))
@@ -133,7 +142,11 @@ def run_config(
     `meta` (default: the plan's provenance and `predicted`, which needs `budget`).
 
     name: default `plan-<shape>`; train_options: `train_config`'s keyword arguments.
+    An estimate-only candidate (fp8) has no config: UserError.
     """
+    if c.estimate_only:
+        raise UserError(f"{c.name}: an estimate only ({ESTIMATE_ONLY[c.precision]}); the "
+                        "trainer cannot run it")
     if meta is None:
         if budget is None:
             raise ValueError("run_config: a plan's meta needs the budget")
@@ -186,7 +199,7 @@ def with_eval_cadence(cfg: RunConfig, cap_kind: str, cap_value: float, evals: in
         elif cap_kind == "tokens":
             steps = cap_value / cfg.tokens_per_step
         else:
-            steps = cap_value / (model_flops_per_token(cfg.model) * cfg.tokens_per_step)
+            steps = cap_value / (training_flops_per_token(cfg).model * cfg.tokens_per_step)
         update = {"eval_interval": max(1, int(math.ceil(steps / evals))),
                   "eval_time_interval": None}
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})

@@ -18,7 +18,7 @@ from typing import Any
 from budgetlm.config import RunConfig, load_config, with_overrides, with_values
 from budgetlm.data import load_tokenizer
 from budgetlm.errors import UserError
-from budgetlm.model import build_model
+from budgetlm.train.finetune import model_from_checkpoint
 from budgetlm.train.loop import run_loop
 from budgetlm.train.result import TrainResult
 from budgetlm.train.rundir import RunDir, load_checkpoint
@@ -116,8 +116,7 @@ def sample_text(
         raise UserError(f"sample {path}: model.family is {cfg.model.family}; only gpt generates")
     state = load_checkpoint(path, "sample")
     tok = load_tokenizer(path / "tokenizer")
-    model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
+    model = model_from_checkpoint(cfg, state)  # a LoRA run's adapters merged
     model.eval()
     torch.manual_seed(seed)
     ids = tok.encode(prompt) or [0]

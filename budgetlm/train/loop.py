@@ -7,43 +7,58 @@ the eval callback, or Ctrl-C; the result is written by `budgetlm.train.result`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from budgetlm import model as models  # looked up at call time: a trial's fault hook patches it
 from budgetlm.config import with_values
 from budgetlm.errors import UserError
-from budgetlm.estimate import estimate, memory_breakdown, model_flops_per_token
+from budgetlm.estimate import estimate, memory_breakdown, training_flops_per_token
 from budgetlm.optim import build_optimizer, clip_grad_norm, lr_factor, set_lr
 from budgetlm.train.batches import draw_batch, evaluate, resolve_micro_batch
+from budgetlm.train.finetune import base_model, plain_state_dict, prepare_model, save_run_adapter
+from budgetlm.train.parallel import (
+    BatchSplit,
+    agree,
+    grad_scaler,
+    grad_sync,
+    rank0_value,
+    shard_model,
+    sharded,
+    split_global_batch,
+    wrap_data_parallel,
+)
 from budgetlm.train.progress import progress_bar
 from budgetlm.train.result import TrainResult, build_result
 from budgetlm.train.rundir import environment, load_checkpoint
 from budgetlm.train.runtime import autocast_ctx
+from budgetlm.train.sharded_ckpt import load_sharded, load_whole_into_sharded
 from budgetlm.train.state import Counters, RunState, StopRun, rng_state, set_rng_state
 from budgetlm.units import human_bytes
 
 
 @dataclass
 class Engine:
-    """What computes: the model as trained (DDP/compiled wrapper), the plain model, optimizer,
-    gradient scaler, micro-batch and this rank's micro-steps of each global batch."""
+    """What computes: the model as trained (DDP/compiled wrapper), the plain model (sharded in
+    place under fsdp/hsdp), optimizer, gradient scaler, micro-batch and this rank's share of each
+    global batch."""
 
     model: Any
     raw_model: Any
     opt: Any
     scaler: Any
     micro_batch: int
-    my_micros: list[int] = field(default_factory=list)
+    split: BatchSplit
+    sharded: bool = False  # fsdp/hsdp over several ranks: collective, sharded checkpoints
 
 
 def _init_weights_from(model: Any, path: str) -> None:
     init = load_checkpoint(path, "train.init_from")
     try:
-        model.load_state_dict(init["model"])
+        model.load_state_dict(plain_state_dict(init))
     except (RuntimeError, KeyError) as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"train.init_from: checkpoint does not match the model ({first})") from None
@@ -67,37 +82,36 @@ def check_it_fits(s: RunState) -> None:
 
 
 def build_engine(s: RunState) -> Engine:
-    """Model (from init_from unless resuming), optimizer, resolved micro-batch, DDP, compile."""
+    """Model (from model.from_pretrained, then init_from, unless resuming), sharded by FSDP2
+    under fsdp/hsdp, optimizer, resolved micro-batch and this rank's share of the global batch
+    (`split_global_batch`), DDP under ddp, compile."""
     import torch
 
     check_it_fits(s)
     cfg, t = s.cfg, s.cfg.train
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model).to(s.device)
+    if cfg.model.from_pretrained and s.resume_state is None:  # init_from, if set, loads on top
+        models.load_pretrained(model, cfg.model, cfg.model.from_pretrained)
     if t.init_from and s.resume_state is None:
         _init_weights_from(model, t.init_from)
     model.activation_checkpointing = t.activation_checkpointing
+    model = prepare_model(model, cfg)  # full: as it is; lora: peft's wrapper, adapters train
+    model = shard_model(model, s)  # fsdp/hsdp under torchrun: FSDP2 per block, then the root
     raw_model = model
     opt = build_optimizer(model, cfg.optim, fused=True if s.device == "cuda" else None)
     mb = t.micro_batch
     if mb == "auto":
         mb = resolve_micro_batch(s, model, opt)
-        models.expert_load(model)  # the probe's forwards are not training tokens
+        models.expert_load(base_model(model))  # the probe's forwards are not training tokens
+        mb = int(rank0_value(s, mb))  # every rank trains rank 0's choice
         s.cfg = with_values(cfg, {"train.micro_batch": mb})
     assert isinstance(mb, int)
-    if t.grad_accum % s.dist.world != 0:
-        raise UserError(
-            f"train.grad_accum: {t.grad_accum} must be divisible by the world size {s.dist.world}"
-        )
-    my_micros = [m for m in range(t.grad_accum) if m % s.dist.world == s.dist.rank]
-    if s.dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[s.dist.local_rank] if s.device == "cuda" else None)
+    split = split_global_batch(mb, t.grad_accum, s.dist.world, s.dist.rank)
+    model = wrap_data_parallel(model, s)  # ddp under torchrun: DistributedDataParallel
     if t.compile:
         model = torch.compile(model)
-    scaler = torch.amp.GradScaler(s.device, enabled=t.precision == "fp16")
-    return Engine(model, raw_model, opt, scaler, mb, my_micros)
+    return Engine(model, raw_model, opt, grad_scaler(s), mb, split, sharded(s))
 
 
 def resume_or_create(s: RunState, e: Engine) -> Counters:
@@ -126,10 +140,16 @@ def resume_or_create(s: RunState, e: Engine) -> Counters:
 
 def _load_resumed(s: RunState, e: Engine, st: dict[str, Any]) -> None:
     """Weights, optimizer and scaler state of the resumed checkpoint; a UserError when the run's
-    config.yaml no longer describes the model or optimizer it saved."""
+    config.yaml no longer describes the model or optimizer it saved. A sharded checkpoint loads
+    into any layout (resharded by DCP); a single-file one into a sharded model too."""
     try:
-        e.raw_model.load_state_dict(st["model"])
-        e.opt.load_state_dict(st["optimizer"])
+        if "sharded" in st:
+            load_sharded(st["sharded"], e.raw_model, e.opt)
+        elif e.sharded:
+            load_whole_into_sharded(st, e.raw_model, e.opt)
+        else:
+            e.raw_model.load_state_dict(st["model"])
+            e.opt.load_state_dict(st["optimizer"])
         if st.get("scaler"):
             e.scaler.load_state_dict(st["scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -150,7 +170,7 @@ class TrainingLoop:
         cfg, t = s.cfg, s.cfg.train
         self.s, self.e, self.c = s, e, c
         self.tokens_per_step = cfg.tokens_per_step
-        self.flops_per_token = model_flops_per_token(cfg.model)
+        self.flops_per_token = training_flops_per_token(cfg, checkpointing=False).model
         other_caps = t.max_time or t.max_tokens or t.max_flops
         by_steps = cfg.schedule.driver == "steps" or (
             cfg.schedule.driver == "auto" and not other_caps
@@ -166,16 +186,36 @@ class TrainingLoop:
         self.last_eval_step = c.step if s.resume_state is not None else -1
         self.last_ckpt_time = self.loop_start
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def trainer_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the weights and the optimizer state."""
         e = self.e
         return {
-            "model": e.raw_model.state_dict(),
-            "optimizer": e.opt.state_dict(),
             "scaler": e.scaler.state_dict() if e.scaler.is_enabled() else None,
             "counters": self.c.__dict__.copy(),
             "rng": rng_state(),
             "config": self.s.cfg.model_dump(mode="json"),
         }
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        e = self.e
+        return {
+            "model": e.raw_model.state_dict(), "optimizer": e.opt.state_dict(),
+            **self.trainer_state(),
+        }
+
+    def save(self, best: bool = False) -> None:
+        """This step's checkpoint (or the best): one file that rank 0 writes, or under
+        fsdp/hsdp a sharded directory that every rank writes its shards into."""
+        s, e, keep = self.s, self.e, self.s.cfg.train.keep_last
+        if e.sharded:
+            step = None if best else self.c.step
+            s.run.save_sharded_checkpoint(
+                e.raw_model, e.opt, self.trainer_state(), s.dist.main, step, keep
+            )
+        elif s.dist.main and best:
+            s.run.save_best(self.checkpoint_state())
+        elif s.dist.main:
+            s.run.save_checkpoint(self.checkpoint_state(), self.c.step, keep)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.loop_start
@@ -238,10 +278,11 @@ class TrainingLoop:
         by_time = t.checkpoint_seconds is not None and (
             now - self.last_ckpt_time >= t.checkpoint_seconds
         )
+        if self.e.sharded and t.checkpoint_seconds is not None:
+            by_time = agree(s, by_time)  # every rank writes its shards
         if not (by_steps or by_time):
             return
-        if s.dist.main:
-            s.run.save_checkpoint(self.checkpoint_state(), c.step, t.keep_last)
+        self.save()
         self.last_ckpt_time = time.perf_counter()
 
     def out_of_time(self) -> bool:
@@ -249,15 +290,7 @@ class TrainingLoop:
         max_time = self.s.cfg.train.max_time
         if max_time is None:
             return False
-        up = self.elapsed() >= max_time
-        if self.s.dist.world > 1:
-            import torch
-            import torch.distributed as dist
-
-            flag = torch.tensor(float(up), device=self.s.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            up = bool(flag.item())
-        return up
+        return agree(self.s, self.elapsed() >= max_time)
 
     def no_step_fits(self) -> str:
         t = self.s.cfg.train
@@ -276,19 +309,19 @@ class TrainingLoop:
         s, e = self.s, self.e
         loss_acc = torch.zeros((), device=s.device)
         self.micros_done = 0
-        for i, m in enumerate(e.my_micros):
+        micros = e.split.micros
+        for i, m in enumerate(micros):
             if i > 0 and self.out_of_time():
                 e.opt.zero_grad(set_to_none=True)
                 return None
             t_data = time.perf_counter()
             x, y = draw_batch(s, s.corpus.train, e.micro_batch, self.c.step, m)
+            x, y = e.split.piece(x), e.split.piece(y)  # the whole micro-batch, then this rank's
             self.data_seconds += time.perf_counter() - t_data
-            last = i == len(e.my_micros) - 1
-            sync = e.model.no_sync() if s.dist.world > 1 and not last else contextlib.nullcontext()
-            with sync:
+            with grad_sync(e.model, s, last=i == len(micros) - 1):
                 with autocast_ctx(s.device, s.cfg.train.precision):
                     _, loss = e.model(x, y)
-                loss = loss / len(e.my_micros)
+                loss = loss / len(micros)
                 e.scaler.scale(loss).backward()
             loss_acc += loss.detach()
             self.micros_done = i + 1
@@ -324,9 +357,11 @@ class TrainingLoop:
         due = c.step % t.eval_interval == 0 or (
             t.eval_time_interval is not None and now - self.last_eval_time >= t.eval_time_interval
         )
+        if self.e.sharded and t.eval_time_interval is not None:
+            due = agree(self.s, due)  # a sharded forward takes every rank
         if not due:
             return True
-        stopped = eval_and_track(self.s, self.e, c, self.checkpoint_state)
+        stopped = eval_and_track(self.s, self.e, c, lambda: self.save(best=True))
         self.last_eval_time, self.last_eval_step = time.perf_counter(), c.step
         if stopped:
             self.status, self.reason = "early_stopped", f"no improvement in {t.patience} evals"
@@ -338,31 +373,33 @@ class TrainingLoop:
         s, c = self.s, self.c
         ended_well = self.status in ("completed", "early_stopped")
         if ended_well and self.last_eval_step != c.step and c.step > 0:
-            eval_and_track(s, self.e, c, self.checkpoint_state, final=True)
-        if s.dist.main and c.step > 0 and self.status != "diverged":
-            s.run.save_checkpoint(self.checkpoint_state(), c.step, s.cfg.train.keep_last)
+            eval_and_track(s, self.e, c, lambda: self.save(best=True), final=True)
+        if c.step > 0 and self.status != "diverged":
+            self.save()
 
 
 def eval_and_track(
-    s: RunState, e: Engine, c: Counters, state_fn: Any, final: bool = False
+    s: RunState, e: Engine, c: Counters, save_best: Callable[[], None], final: bool = False
 ) -> bool:
     """Evaluate, log, keep the best checkpoint; True when early stopping says stop."""
     t = s.cfg.train
     loss, bpb = evaluate(s, e.raw_model, e.micro_batch)
+    if e.sharded:  # one decision to save the best for every rank (each writes its shards)
+        loss = rank0_value(s, loss)
     c.last_val, c.last_bpb = loss, bpb
     improved = loss < c.best_val - t.min_delta
     c.bad_evals = 0 if improved else c.bad_evals + 1
     if loss < c.best_val:
         c.best_val, c.best_bpb = loss, bpb
-        if s.dist.main and math.isfinite(loss):
-            s.run.save_best(state_fn())
+        if math.isfinite(loss):
+            save_best()
     record = {
         "kind": "eval", "step": c.step, "tokens": c.tokens, "val_loss": loss, "val_bpb": bpb,
         "elapsed": c.train_seconds, "flops": c.flops, "final": final,
     }
     # tokens per expert of each MoE block in this rank's training steps since the last eval;
     # not summed over ranks: they may evaluate at different moments (eval_time_interval)
-    load = models.expert_load(e.raw_model)
+    load = models.expert_load(base_model(e.raw_model))
     if load:
         record["expert_load"] = load
     if s.dist.main:
@@ -384,5 +421,7 @@ def run_loop(s: RunState) -> TrainResult:
     loop = TrainingLoop(s, e, c)
     loop.run()
     loop.finish()
+    if s.dist.main:
+        save_run_adapter(s.cfg, s.run.path, e.raw_model, c.step > 0 and loop.status != "diverged")
     return build_result(s, c, loop.status, loop.reason, e.micro_batch, est, loop.step_times,
                         loop.data_seconds)

@@ -6,7 +6,9 @@ Layout (DESIGN §8):
     metrics.jsonl    one JSON object per log or eval line
     checkpoints/     step_XXXXXXXX.pt (last k) and best.pt, each written then renamed; written
                      every train.checkpoint_interval steps or checkpoint_seconds of training;
-                     one found unloadable on --resume is renamed NAME.unreadable
+                     one found unloadable on --resume is renamed NAME.unreadable. fsdp/hsdp
+                     runs write sharded ones instead, step_XXXXXXXX.dcp/ and best.dcp/
+                     (budgetlm.train.sharded_ckpt); the last k count both kinds
     tokenizer/       the tokenizer the run used
     result.json      final metrics, predicted vs measured
 """
@@ -25,6 +27,14 @@ from typing import Any
 from budgetlm import __version__
 from budgetlm.config import RunConfig, dump_config
 from budgetlm.errors import UserError
+from budgetlm.train.sharded_ckpt import (
+    METADATA_FILE,
+    SHARDED_SUFFIX,
+    TRAINER_FILE,
+    load_model_weights,
+    remove_checkpoint,
+    save_sharded,
+)
 from budgetlm.units import atomic_replace, atomic_write_text, write_json
 
 
@@ -162,30 +172,59 @@ class RunDir:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / f"step_{step:08d}.pt"
         _save_whole(state, path)
-        for old in sorted(self.ckpt_dir.glob("step_*.pt"))[:-keep_last]:
-            old.unlink(missing_ok=True)
+        self.keep_last_steps(keep_last)
         return path
 
     def save_best(self, state: dict[str, Any]) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         _save_whole(state, self.ckpt_dir / "best.pt")
+        remove_checkpoint(self.ckpt_dir / f"best{SHARDED_SUFFIX}")  # one best, the newest
 
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.ckpt_dir.glob("step_*.pt")) if self.ckpt_dir.exists() else []
-        return found[-1] if found else None
+    def save_sharded_checkpoint(self, model: Any, opt: Any, trainer_state: dict[str, Any],
+                                main: bool, step: int | None, keep_last: int) -> Path:
+        """The sharded checkpoint of `step` (None: best.dcp); every rank calls this together."""
+        name = "best" if step is None else f"step_{step:08d}"
+        if main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = save_sharded(self.ckpt_dir / f"{name}{SHARDED_SUFFIX}", model, opt,
+                            trainer_state, main)
+        if main and step is None:
+            remove_checkpoint(self.ckpt_dir / "best.pt")
+        elif main:
+            self.keep_last_steps(keep_last)
+        return path
 
-    def checkpoints(self) -> list[Path]:
-        """Every checkpoint (step_*.pt and best.pt), the most recently written first."""
+    def step_checkpoints(self) -> list[Path]:
+        """step_* checkpoints of both kinds, by step."""
         if not self.ckpt_dir.is_dir():
             return []
-        found = [*self.ckpt_dir.glob("step_*.pt"), *self.ckpt_dir.glob("best.pt")]
+        found = [*self.ckpt_dir.glob("step_*.pt"), *self.ckpt_dir.glob(f"step_*{SHARDED_SUFFIX}")]
+        return sorted(found, key=lambda p: (p.stem, p.suffix))
+
+    def keep_last_steps(self, keep_last: int) -> None:
+        for old in self.step_checkpoints()[:-keep_last]:
+            remove_checkpoint(old)
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.step_checkpoints()
+        return found[-1] if found else None
+
+    def best_checkpoint(self) -> Path | None:
+        found = [p for p in (self.ckpt_dir / "best.pt", self.ckpt_dir / f"best{SHARDED_SUFFIX}")
+                 if p.exists()]
+        return max(found, key=_mtime) if found else None
+
+    def checkpoints(self) -> list[Path]:
+        """Every checkpoint (step_* and best, single-file or sharded), the most recently
+        written first."""
+        if not self.ckpt_dir.is_dir():
+            return []
+        best = [p for p in (self.ckpt_dir / "best.pt", self.ckpt_dir / f"best{SHARDED_SUFFIX}")
+                if p.exists()]
+        found = [*self.step_checkpoints(), *best]
 
         def key(p: Path) -> tuple[float, int, str]:
-            try:
-                mtime = p.stat().st_mtime
-            except OSError:
-                mtime = 0.0
-            return (mtime, p.name != "best.pt", p.name)
+            return (_mtime(p), not p.name.startswith("best."), p.name)
 
         return sorted(found, key=key, reverse=True)
 
@@ -227,7 +266,26 @@ class UnreadableCheckpoint(Exception):
 RESUME_KEYS = ("model", "optimizer", "counters", "rng")
 
 
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _load_state(path: Path) -> dict[str, Any]:
+    """A whole checkpoint, or a sharded one's trainer state with "sharded": its directory (the
+    model and optimizer are read into the built model, `sharded_ckpt.load_sharded`)."""
+    if path.is_dir():
+        if not (path / METADATA_FILE).is_file():
+            raise UnreadableCheckpoint("is incomplete (no DCP metadata)")
+        state = _load_state_file(path / TRAINER_FILE, ("counters", "rng"))
+        state["sharded"] = path
+        return state
+    return _load_state_file(path, RESUME_KEYS)
+
+
+def _load_state_file(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     import torch
 
     try:
@@ -236,7 +294,7 @@ def _load_state(path: Path) -> dict[str, Any]:
         raise UnreadableCheckpoint("(permission denied)") from None
     except Exception as exc:  # truncated, corrupt or a foreign file
         raise UnreadableCheckpoint(f"is unreadable ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or any(k not in state for k in RESUME_KEYS):
+    if not isinstance(state, dict) or any(k not in state for k in keys):
         raise UnreadableCheckpoint("is not a training checkpoint")
     return state
 
@@ -263,20 +321,23 @@ def _save_whole(state: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, what: str = "init_from") -> dict[str, Any]:
-    """Load a checkpoint file, or the best/latest one in a run directory."""
+    """Load a checkpoint (a file or a sharded directory, whose model is read whole), or the
+    best/latest one in a run directory."""
     import torch
 
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and not (p / TRAINER_FILE).is_file():
         run = RunDir(p)
-        best = run.ckpt_dir / "best.pt"
-        found = best if best.exists() else run.latest_checkpoint()
+        found = run.best_checkpoint() or run.latest_checkpoint()
         if found is None:
             raise UserError(f"{what} {p}: no checkpoint in {run.ckpt_dir}")
         p = found
     if not p.exists():
         raise UserError(f"{what} {p}: no such checkpoint")
     try:
+        if p.is_dir():
+            state = torch.load(p / TRAINER_FILE, map_location="cpu", weights_only=False)
+            return {**state, "model": load_model_weights(p)}
         return torch.load(p, map_location="cpu", weights_only=False)
     except PermissionError:
         raise UserError(f"{what} {p}: permission denied") from None

@@ -1,5 +1,5 @@
 """Where and how a run computes: the device, autocast for the precision, and the process group
-when launched by `torchrun` (DDP)."""
+when launched by `torchrun` (how the model is spread over it: `budgetlm.train.parallel`)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,14 @@ class Dist:
         return self.rank == 0
 
 
+def launched_world() -> int:
+    """The world size `torchrun` set (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str) -> Dist:
     """Join the process group `torchrun` set up (nccl on CUDA, gloo on CPU); alone otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world()
     if world <= 1:
         return Dist()
     import torch.distributed as dist

@@ -14,8 +14,14 @@ from typing import Any
 from budgetlm.config import RunConfig, with_values
 from budgetlm.data import load_corpus
 from budgetlm.errors import UserError
+from budgetlm.train.parallel import split_global_batch
 from budgetlm.train.rundir import RunDir, default_run_dir
-from budgetlm.train.runtime import init_distributed, machine_profile, pick_device
+from budgetlm.train.runtime import (
+    init_distributed,
+    launched_world,
+    machine_profile,
+    pick_device,
+)
 
 
 class StopRun(Exception):
@@ -50,6 +56,8 @@ class RunState:
     def __init__(self, cfg: RunConfig, run_dir: Path | None, resume: Path | None, progress: bool):
         self.t_start = time.perf_counter()
         self.device = pick_device(cfg.train.device)
+        if isinstance(cfg.train.micro_batch, int):  # before joining the group: every rank fails
+            split_global_batch(cfg.train.micro_batch, cfg.train.grad_accum, launched_world(), 0)
         self.dist = init_distributed(self.device)
         self.resume_state: dict[str, Any] | None = None
         self.unreadable: list[str] = []  # checkpoints passed over on resume
@@ -69,8 +77,8 @@ class RunState:
             raise
 
     def load(self, cfg: RunConfig, progress: bool) -> None:
-        """Threads, TF32, the corpus (the config's vocabulary set from its tokenizer), the
-        hardware profile."""
+        """Threads, TF32, the corpus (the config's vocabulary set from its tokenizer; a
+        pretrained model keeps its own, which must hold every id), the hardware profile."""
         import torch
 
         if cfg.train.threads is not None:
@@ -78,13 +86,21 @@ class RunState:
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.corpus = load_corpus(cfg.data, seq_len=cfg.model.seq_len)
+        self.corpus = load_corpus(
+            cfg.data, seq_len=cfg.model.seq_len, pretrained=cfg.model.from_pretrained
+        )
         vocab = self.corpus.tokenizer.vocab_size
         self.mask_id: int | None = None
         if cfg.model.family == "bert":
             self.mask_id = vocab  # one extra id: [MASK]
             vocab += 1
-        if cfg.model.vocab_size != vocab:
+        if cfg.model.from_pretrained is not None:  # the checkpoint's vocabulary stays
+            if vocab > cfg.model.vocab_size:
+                raise UserError(
+                    f"data.tokenizer: {cfg.data.tokenizer} has {vocab} ids, more than the "
+                    f"vocabulary of model.from_pretrained ({cfg.model.vocab_size})"
+                )
+        elif cfg.model.vocab_size != vocab:
             cfg = with_values(cfg, {"model.vocab_size": vocab})
         self.cfg = cfg
         self.progress = progress

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from budgetlm.config import RunConfig, tokens_per_step
-from budgetlm.estimate import estimate, model_flops_per_token
+from budgetlm.estimate import estimate, training_flops_per_token
 from budgetlm.plan.recipe import trial_config, with_eval_cadence
 from budgetlm.tune.spec import CAP_FIELDS, Study, TrialCap
 
@@ -59,7 +59,7 @@ def infeasible(cfg: RunConfig, cap: TrialCap, profile: Any, share: int = 1) -> s
     if cap.kind == "tokens" and step_tokens > cap.value:
         return f"cannot take one step within the cap: {step_tokens} tokens per step > cap"
     if cap.kind == "flops":
-        per_step = model_flops_per_token(cfg.model) * step_tokens
+        per_step = training_flops_per_token(cfg).model * step_tokens
         if per_step > cap.value:
             return f"cannot take one step within the cap: {per_step:.3g} FLOPs per step > cap"
     return None
