@@ -53,6 +53,7 @@ def test_schema_prints_json() -> None:
 
 FILE_MODELS = {
     "plan": ("budgetlm.plan.files", "PlanFile"),
+    "plan-finetune": ("budgetlm.plan.finetune_files", "FinetunePlanFile"),
     "result": ("budgetlm.train.result", "ResultFile"),
     "fit": ("budgetlm.calibrate.files", "FitFile"),
 }

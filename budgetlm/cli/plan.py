@@ -160,17 +160,7 @@ def plan(
     finally:
         if status is not None:
             status.stop()
-    written = result.write(output) if output is not None else None
-    if json_out:
-        print_json({**result.to_dict(), **_written_field(written)})
-        return
-    print_plan(result, top)
-    if written:
-        console.print(
-            f"wrote {written[0]} (the top candidate; run it: budgetlm train {written[0]}) and "
-            f"{written[1]} ({len(result.candidates)} candidates)",
-            highlight=False, soft_wrap=True,
-        )
+    _show(result, print_plan, top, output, json_out)
 
 
 def _plan_finetune(budget: Any, path: Path, data: str | None, tokenizer: str | None,
@@ -198,11 +188,16 @@ def _plan_finetune(budget: Any, path: Path, data: str | None, tokenizer: str | N
     finally:
         if status is not None:
             status.stop()
+    _show(result, print_finetune_plan, top, output, json_out)
+
+
+def _show(result: Any, printer: Any, top: int, output: Path | None, json_out: bool) -> None:
+    """Write plan.yaml/plan.json when asked (-o), then print the JSON or the table."""
     written = result.write(output) if output is not None else None
     if json_out:
         print_json({**result.to_dict(), **_written_field(written)})
         return
-    print_finetune_plan(result, top)
+    printer(result, top)
     if written:
         console.print(
             f"wrote {written[0]} (the top candidate; run it: budgetlm train {written[0]}) and "

@@ -42,6 +42,12 @@ def _plan_schema() -> str:
     return _model_schema(PlanFile)
 
 
+def _finetune_plan_schema() -> str:
+    from budgetlm.plan.finetune_files import FinetunePlanFile
+
+    return _model_schema(FinetunePlanFile)
+
+
 def _result_schema() -> str:
     from budgetlm.train.result import ResultFile
 
@@ -58,6 +64,7 @@ SCHEMAS: dict[str, Callable[[], str]] = {
     "run": _run_schema,
     "study": _study_schema,
     "plan": _plan_schema,
+    "plan-finetune": _finetune_plan_schema,
     "result": _result_schema,
     "fit": _fit_schema,
 }
@@ -69,7 +76,8 @@ def schema(
     kind: Annotated[
         str,
         typer.Argument(
-            help="run (RunConfig), study (StudySpec), plan (plan.json), result (result.json) "
+            help="run (RunConfig), study (StudySpec), plan (plan.json), plan-finetune "
+            "(plan.json of plan --finetune), result (result.json) "
             "or fit (fit.json)"
         ),
     ] = "run",

@@ -51,8 +51,6 @@ from budgetlm.errors import UserError
 from budgetlm.estimate import (
     count_params,
     lora_targets,
-    memory_breakdown,
-    memory_phase_totals,
     step_time,
     trainable_count,
     training_flops_per_token,
@@ -66,6 +64,7 @@ from budgetlm.plan.pricing import (
     MIN_STEPS,
     PRECISION_ORDER,
     AffineMemory,
+    affine_memory,
     whole_eval_windows,
 )
 from budgetlm.plan.pricing import estimator_config as pricing_config
@@ -232,13 +231,6 @@ def estimator_config(model: ModelConfig, method: Method, precision: str, micro_b
     return cfg.model_copy(update={"finetune": method.finetune()})
 
 
-def _affine_memory(cfg: RunConfig, device: str) -> AffineMemory:
-    """The estimator's memory of `cfg` as a function of the micro-batch (two calls)."""
-    at1, at2 = (memory_phase_totals(memory_breakdown(cfg, micro_batch=mb, device=device), device)
-                for mb in (1, 2))
-    return AffineMemory(tuple((at1[p], at2[p] - at1[p]) for p in at1))
-
-
 def price(method: Method, precision: str, seq_len: int, ctx: FinetuneContext
           ) -> FinetuneCandidate | None:
     """Memory fit and throughput of one fine-tune (None: no peak for `precision` here)."""
@@ -246,14 +238,14 @@ def price(method: Method, precision: str, seq_len: int, ctx: FinetuneContext
     dev = tgt.device if tgt.device in ("cpu", "cuda") else "cuda"
     model = ctx.base.model_at(seq_len)
     cfg = estimator_config(model, method, precision, 1, False, ctx.optimizer, dev)
-    mem, ckpt = _affine_memory(cfg, dev), False
+    mem, ckpt = affine_memory(cfg, None, None, dev), False
     cap = CPU_MICRO_BATCH_CAP if tgt.device == "cpu" else GPU_MICRO_BATCH_CAP
     mb = min(cap, BATCH_SEQS)
     if tgt.memory_limit is not None:
         if mem(1) > tgt.memory_limit:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
                 update={"activation_checkpointing": True})})
-            mem, ckpt = _affine_memory(cfg, dev), True
+            mem, ckpt = affine_memory(cfg, None, None, dev), True
         mb = mem.largest_pow2(tgt.memory_limit, mb)
     flops = training_flops_per_token(cfg)
     c = FinetuneCandidate(

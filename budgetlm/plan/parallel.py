@@ -48,8 +48,8 @@ from budgetlm.plan.pricing import (
     estimator_config,
     exact_batch,
     micro_batch_cap,
-    model_config,
     model_sizes,
+    price_each,
 )
 
 # what each layout label means, in the order the notes list them
@@ -318,13 +318,7 @@ def price_sharded(shape: Shape, seq_len: int, precisions: list[str],
                   ctx: PlanContext) -> list[Candidate]:
     """`pricing.price_candidates` on several GPUs with an interconnect (`Target.fabric`): each
     precision's candidate in the layout that fits and steps fastest."""
-    m = model_config(shape, seq_len, ctx.vocab, ctx.family)
-    out: list[Candidate] = []
-    for precision in precisions:
-        c = _price_sharded_in(shape, m, precision, ctx)
-        if c is not None:
-            out.append(c)
-    return out
+    return price_each(shape, seq_len, precisions, ctx, _price_sharded_in)
 
 
 def _price_sharded_in(shape: Shape, m: ModelConfig, precision: str,

@@ -173,17 +173,26 @@ def price_candidates(shape: Shape, seq_len: int, precisions: list[str],
     activations and logits grow with it), so two estimator calls give the largest micro-batch
     that fits, and the memory of any other.
     """
+    return price_each(shape, seq_len, precisions, ctx, _price_in)
+
+
+def price_each(shape: Shape, seq_len: int, precisions: list[str], ctx: PlanContext,
+               price_one: Any) -> list[Candidate]:
+    """`price_one(shape, model, precision, ctx)` for each precision of (shape, T); a precision it
+    answers None for (no peak for it on this GPU) is left out."""
     m = model_config(shape, seq_len, ctx.vocab, ctx.family)
     out: list[Candidate] = []
     for precision in precisions:
-        c = _price_in(shape, m, precision, ctx)
+        c = price_one(shape, m, precision, ctx)
         if c is not None:
             out.append(c)
     return out
 
 
-def _affine_memory(base: RunConfig, precision: str, checkpointing: bool,
-                   device: str) -> AffineMemory:
+def affine_memory(base: RunConfig, precision: str | None, checkpointing: bool | None,
+                  device: str) -> AffineMemory:
+    """The estimator's memory of `base` as a function of the micro-batch (two calls at 1 and 2);
+    precision and checkpointing None take base's own."""
     at1, at2 = (memory_phase_totals(memory_breakdown(base, micro_batch=mb, precision=precision,
                                                      checkpointing=checkpointing, device=device),
                                     device) for mb in (1, 2))
@@ -209,10 +218,10 @@ def _price_in(shape: Shape, m: ModelConfig, precision: str,
     dev = tgt.device if tgt.device in ("cpu", "cuda") else "cuda"
     prec = estimator_precision(precision)
     base = estimator_config(m, prec, 1, False, ctx.optimizer, dev)
-    mem, ckpt, mb = _affine_memory(base, prec, False, dev), False, cap
+    mem, ckpt, mb = affine_memory(base, prec, False, dev), False, cap
     if tgt.memory_limit is not None:
         if mem(1) > tgt.memory_limit:
-            mem_ck = _affine_memory(base, prec, True, dev)
+            mem_ck = affine_memory(base, prec, True, dev)
             if mem_ck(1) <= tgt.memory_limit or not tgt.memory_strict:
                 mem, ckpt = mem_ck, True
             else:
