@@ -203,10 +203,15 @@ def test_model_flops_per_token_is_forward_plus_backward() -> None:
 
 
 def test_t5_flops_count_encoder_decoder_and_cross_attention() -> None:
+    """Per encoder input token: encoder on T_in = 512, decoder and head on T_out (the span
+    corruption targets), cross-attention over T_in, cross k/v projections over T_in."""
     m = preset("t5-base").model
     fl = est.flops_per_token(m)
-    n = est.count_params(m).matmul
-    assert fl.forward == 2 * n + (12 + 2 * 12) * 4 * 512 * 768
+    d, i, f, V, t_in, t_out = 768, 768, 3072, 32128, 512, m.decoder_seq_len
+    assert t_out == 113
+    enc = t_in * (12 * 2 * (4 * d * i + 2 * d * f) + 12 * 4 * t_in * i + 12 * 2 * 2 * d * i)
+    dec = t_out * (12 * 2 * (6 * d * i + 2 * d * f) + 12 * 4 * (t_out + t_in) * i + 2 * V * d)
+    assert fl.forward == (enc + dec) / t_in
 
 
 # ---------------------------------------------------------------------------------------------

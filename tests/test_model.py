@@ -211,9 +211,10 @@ def test_norms_follow_the_config() -> None:
     assert [n for n, _ in rms.named_parameters()] == ["weight"]
 
 
-def test_t5_is_estimate_only() -> None:
-    with pytest.raises(UserError, match="model.family: t5"):
-        build_model(ModelConfig(family="t5", positions="relative"))
+def test_t5_builds_an_encoder_decoder() -> None:
+    model = build_model(ModelConfig(family="t5", positions="relative"))
+    assert {"shared.weight", "encoder.final_layer_norm.weight"} <= {
+        n for n, _ in model.named_parameters()}
 
 
 def test_rope_needs_even_head_dim() -> None:
@@ -298,7 +299,10 @@ def test_gqa_shrinks_the_kv_projection_and_qk_norm_adds_two_vectors() -> None:
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k() -> None:
-    cfg = _llama(n_kv_head=2, qk_norm=True, n_layer=1)
+    # eps ~0: RMSNorm(7x) = RMSNorm(x) up to rounding (at eps 1e-5 the small init's q and k
+    # mean squares, ~1e-4, are not far enough above eps for the weights of every seed)
+    torch.manual_seed(0)
+    cfg = _llama(n_kv_head=2, qk_norm=True, n_layer=1, norm_eps=1e-12)
     model = build_model(cfg).eval()
     idx = _tokens(cfg)
     before = model(idx)

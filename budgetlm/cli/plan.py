@@ -64,6 +64,12 @@ FinetuneOpt = Annotated[
                  "Hugging Face model directory (config.json) or a budgetlm run directory; "
                  "needs --data"),
 ]
+TaskOpt = Annotated[
+    str,
+    typer.Option("--task", help="with --finetune: lm (a corpus, default) or classification "
+                 "(--data a labeled .jsonl/.csv/.parquet with text and label fields; "
+                 "--finetune a budgetlm run)"),
+]
 FitOpt = Annotated[
     Path | None,
     typer.Option("--fit", help="plan from this corpus's fitted law (fit.json of calibrate)"),
@@ -121,6 +127,7 @@ def plan(
     top: TopOpt = 10,
     output: OutputOpt = None,
     finetune: FinetuneOpt = None,
+    task: TaskOpt = "lm",
     json_out: JsonOpt = False,
 ) -> None:
     """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front.
@@ -128,11 +135,16 @@ def plan(
     budget = parse_budget(gpu_hours=gpu_hours, flops=flops, time_budget=time_budget, cost=cost,
                           price=price, gpu=gpu, gpus=gpus)
     budget = with_nodes(budget, nodes, interconnect, finetune is not None)
+    if task not in ("lm", "classification"):
+        raise UserError(f"--task: expected lm or classification, got {task!r}")
+    if task != "lm" and finetune is None:
+        raise UserError("--task classification: needs --finetune RUN_DIR (the pretrained run "
+                        "to fine-tune) and --data (the labeled rows)")
     if finetune is not None:
         given = {"--arch": arch, "--fit": fit_file, "--tokens": tokens, "--prior": prior}
         _plan_finetune(budget, finetune, data, tokenizer, seq_len, precision, schedule_name,
                        timing if timing is not None else timing_alias, given, top, output,
-                       json_out)
+                       json_out, task)
         return
     check_arch(arch)
     fit = load_fit_file(fit_file) if fit_file is not None else None
@@ -166,7 +178,7 @@ def plan(
 def _plan_finetune(budget: Any, path: Path, data: str | None, tokenizer: str | None,
                    seq_len: list[int] | None, precision: list[str] | None, schedule: str,
                    timing: bool | None, given: dict[str, Any], top: int, output: Path | None,
-                   json_out: bool) -> None:
+                   json_out: bool, task: str = "lm") -> None:
     """`plan --finetune PATH`: rank fine-tunes of PATH on --data (--time: steps timed on this
     machine unless --no-timing); print, --json or -o."""
     from budgetlm.plan.finetune_plan import plan_finetune
@@ -184,7 +196,7 @@ def _plan_finetune(budget: Any, path: Path, data: str | None, tokenizer: str | N
     try:
         result = plan_finetune(budget, path, data, tokenizer=tokenizer,
                                seq_lens=seq_len or None, precisions=precision or None,
-                               schedule=schedule, timing=timing)
+                               schedule=schedule, timing=timing, task=task)
     finally:
         if status is not None:
             status.stop()

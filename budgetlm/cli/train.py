@@ -17,7 +17,7 @@ from budgetlm.errors import EXIT_INTERRUPTED
 from budgetlm.units import parse_duration, require_finite
 
 RESULT_ROWS = (
-    "status", "val_loss", "val_bpb", "best_val_loss", "steps", "tokens", "wall_seconds",
+    "status", "val_loss", "val_bpb", "val_accuracy", "val_f1", "best_val_loss", "steps", "tokens", "wall_seconds",
     "tokens_per_s", "achieved_flops_per_s", "mfu_vs_measured_peak",
 )
 
@@ -49,7 +49,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a GPT or BERT-style model under caps; writes a run directory."""
+    """Train a GPT, BERT-style or T5 model (a language model, or a classifier on labeled data)
+    under caps; writes a run directory."""
     from budgetlm.train import resolve_train_config
     from budgetlm.train import train as run_train
 

@@ -39,12 +39,15 @@ from budgetlm.config.schema import (
     tokens_per_step,
     validate,
 )
+from budgetlm.config.spans import SpanLengths, span_corruption_lengths
 
 __all__ = [
     "LARGE_PRESETS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "DataConfig", "FinetuneConfig",
     "LoraConfig", "ModelConfig",
-    "OptimConfig", "Prediction", "RunConfig", "ScheduleConfig", "StrictModel", "TrainConfig",
+    "OptimConfig", "Prediction", "RunConfig", "ScheduleConfig", "SpanLengths", "StrictModel",
+    "TrainConfig",
     "apply_overrides", "check_path", "dump_config", "json_schema", "load_config",
-    "parse_override", "preset", "read_yaml", "set_path", "to_yaml", "tokens_per_step",
+    "parse_override", "preset", "read_yaml", "set_path", "span_corruption_lengths", "to_yaml",
+    "tokens_per_step",
     "validate", "with_overrides", "with_values",
 ]

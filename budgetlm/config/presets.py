@@ -85,6 +85,21 @@ PRESETS["bert-tiny"] = {
     "train": {**PRESETS["tiny"]["train"], "max_steps": 150, "eval_interval": 50},
 }
 
+# A small T5 that trains on a CPU: tiny's width as an encoder-decoder (2 + 2 layers), T5's
+# recipe (relative position bias, RMSNorm, ReLU MLP, no biases, tied head), span corruption of
+# 15% of the tokens in spans of mean length 3 (Raffel et al. 2020 §3.1.4).
+PRESETS["t5-tiny"] = {
+    "name": "t5-tiny",
+    "model": {
+        **PRESETS["tiny"]["model"], "family": "t5", "n_decoder_layer": 2, "positions": "relative",
+        "norm": "rmsnorm", "mlp": "relu", "bias": False, "tie_embeddings": True,
+        "relative_buckets": 32, "norm_eps": 1e-6,
+    },
+    "optim": {"lr": 3e-3},
+    "schedule": {"warmup_steps": 10},
+    "train": {**PRESETS["tiny"]["train"], "max_steps": 150, "eval_interval": 50},
+}
+
 # tiny's size and budget with a Llama recipe: rotary positions, RMSNorm, SwiGLU (hidden width
 # 8/3·d rounded to 32), no biases, untied head, grouped-query attention (4 query heads share 2
 # key/value heads).

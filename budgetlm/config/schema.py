@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from budgetlm.config.spans import span_corruption_lengths
 from budgetlm.config.strict import MAX_INT, CheckedModel, describe, describe_errors, whole_number
 from budgetlm.errors import UserError
 
@@ -27,6 +28,10 @@ Device = Literal["auto", "cpu", "cuda"]
 FinetuneMethod = Literal["full", "lora"]
 FrozenQuant = Literal["none", "nf4"]
 Parallel = Literal["ddp", "fsdp", "hsdp"]
+Task = Literal["lm", "classification"]
+Pooling = Literal["auto", "cls", "mean", "last"]
+Monitor = Literal["val_loss", "val_accuracy", "val_f1"]
+MonitorMode = Literal["auto", "min", "max"]
 
 OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
 PRECISIONS: tuple[str, ...] = Precision.__args__  # type: ignore[attr-defined]
@@ -68,6 +73,29 @@ class ModelConfig(StrictModel):
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
     mask_rate: float = Field(0.15, gt=0.0, lt=1.0, description="masked-LM mask rate (bert)")
+    noise_density: float = Field(
+        0.15, gt=0.0, lt=1.0,
+        description="t5 span corruption: share of the tokens replaced by sentinels (Raffel et "
+        "al. 2020 §3.1.4)",
+    )
+    mean_span_length: float = Field(
+        3.0, ge=1.0, description="t5 span corruption: mean length of a corrupted span"
+    )
+    target_len: int | None = Field(
+        None, ge=1,
+        description="t5 decoder length (null: what span corruption of seq_len input tokens "
+        "yields; a classification run sets its longest label)",
+    )
+    n_classes: int | None = Field(
+        None, ge=2,
+        description="classification: number of labels (set from the labeled data; gpt and "
+        "bert get a linear head over a pooled state, t5 generates the label words)",
+    )
+    pooling: Pooling = Field(
+        "auto",
+        description="classification pooling: cls (first position), mean (non-padding "
+        "positions) or last (last non-padding position); auto: mean for bert, last for gpt",
+    )
     rope_theta: float = Field(10000.0, gt=0.0, description="rotary base (positions=rope)")
     relative_buckets: int = Field(32, ge=1, description="relative-position buckets (t5)")
     norm_eps: float = Field(1e-5, gt=0.0, description="normalization epsilon")
@@ -135,7 +163,27 @@ class ModelConfig(StrictModel):
             raise ValueError("n_decoder_layer applies to family t5 only")
         if self.positions == "relative" and self.family != "t5":
             raise ValueError("positions=relative is the t5 bias; use learned or rope")
+        if self.target_len is not None and self.family != "t5":
+            raise ValueError("target_len applies to family t5 only")
         return self
+
+    @property
+    def decoder_seq_len(self) -> int:
+        """t5: tokens the decoder reads per sequence (`target_len`, else what span corruption
+        of `seq_len` input tokens yields); other families: seq_len."""
+        if self.family != "t5":
+            return self.seq_len
+        if self.target_len is not None:
+            return self.target_len
+        return span_corruption_lengths(self.seq_len, self.noise_density,
+                                       self.mean_span_length).targets
+
+    @property
+    def pooled(self) -> str:
+        """The classification pooling after defaults (auto: mean for bert, last for gpt)."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "mean" if self.family == "bert" else "last"
 
     @property
     def ff(self) -> int:
@@ -223,6 +271,14 @@ class DataConfig(StrictModel):
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="held-out share of the corpus")
     max_bytes: int | None = Field(None, ge=1, description="read at most this many bytes")
     cache_dir: str | None = Field(None, description="token cache directory (default user cache)")
+    label_field: str = Field(
+        "label", description="classification: field (jsonl) or column (csv, parquet) with labels"
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="classification: the label set in order (null: the sorted distinct labels "
+        "of the data); labels are compared as strings",
+    )
 
 
 class TrainConfig(StrictModel):
@@ -253,6 +309,14 @@ class TrainConfig(StrictModel):
     log_interval: int = Field(10, ge=1, description="log every N optimizer steps")
     patience: int | None = Field(None, ge=1, description="early stop after N evals w/o gain")
     min_delta: float = Field(0.0, ge=0.0, description="improvement that resets patience")
+    monitor: Monitor = Field(
+        "val_loss",
+        description="what early stopping and the best checkpoint follow: val_loss, or for "
+        "classification val_accuracy or val_f1 (macro-F1)",
+    )
+    monitor_mode: MonitorMode = Field(
+        "auto", description="min or max; auto: min for val_loss, max for accuracy and F1"
+    )
     checkpoint_interval: int | None = Field(None, ge=1, description="checkpoint every N steps")
     checkpoint_seconds: float | None = Field(
         300.0, gt=0.0,
@@ -333,6 +397,12 @@ class RunConfig(StrictModel):
     """Everything one training run needs. A file of this shape is what `budgetlm train` runs."""
 
     name: str = Field("run", description="run name")
+    task: Task = Field(
+        "lm",
+        description="lm: the family's self-supervised objective (next token for gpt, masked "
+        "tokens for bert, corrupted spans for t5); classification: labeled text (data.source "
+        "a .jsonl, .csv or .parquet with data.text_field and data.label_field)",
+    )
     seed: int = Field(
         0, ge=0, le=MAX_INT, description="random seed (same seed + machine -> same loss curve)"
     )
@@ -359,6 +429,14 @@ class RunConfig(StrictModel):
         """The plan's prediction for this run (`meta.predicted`), typed; None when unplanned."""
         raw = self.meta.get("predicted")
         return Prediction.model_validate(raw) if isinstance(raw, dict) else None
+
+    @model_validator(mode="after")
+    def _check_task(self) -> RunConfig:
+        if self.train.monitor != "val_loss" and self.task != "classification":
+            raise ValueError(f"train.monitor: {self.train.monitor} needs task: classification")
+        if self.task == "classification" and self.finetune.method == "lora":
+            raise ValueError("finetune.method: lora is for task lm; classification trains full")
+        return self
 
     @model_validator(mode="after")
     def _check_prediction(self) -> RunConfig:

@@ -9,11 +9,16 @@ functions, so the planner can count tokens without it.
 - `tokenizers`: byte, char, bpe and symbol tokenizers.
 - `corpus`: the split, the token cache, `load_corpus`, `count_tokens`.
 - `batches`: `sample_batch`, `val_batches`, `bits_per_byte`.
+- `labeled`: labeled text for classification (.jsonl, .csv, .parquet), split and tokenized.
+- `stories`: generated stories with two-fact questions (labeled rows and unlabeled text).
+- `spans`: t5 span corruption (`span_corrupt`) and the t5 vocabulary layout (`t5_vocabulary`).
 """
 
 from budgetlm.data.batches import bits_per_byte, sample_batch, val_batches
 from budgetlm.data.corpus import CACHE_VERSION, Corpus, cache_root, count_tokens, load_corpus
+from budgetlm.data.labeled import LabeledData, LabeledSplit, load_labeled
 from budgetlm.data.sources import MAX_MARKOV_STATES, MarkovChain
+from budgetlm.data.spans import T5Vocabulary, span_corrupt, span_lengths, t5_vocabulary
 from budgetlm.data.tokenizers import (
                                       TOKENIZER_META,
                                       UNK_CHAR,
@@ -34,14 +39,21 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "Corpus",
+    "LabeledData",
+    "LabeledSplit",
     "MarkovChain",
     "SymbolTokenizer",
+    "T5Vocabulary",
     "Tokenizer",
     "bits_per_byte",
     "cache_root",
     "count_tokens",
     "load_corpus",
+    "load_labeled",
     "load_tokenizer",
     "sample_batch",
+    "span_corrupt",
+    "span_lengths",
+    "t5_vocabulary",
     "val_batches",
 ]

@@ -174,8 +174,6 @@ def _final_activation_bytes(m: ModelConfig, precision: str, device: str) -> floa
     if m.family == "bert":
         b += _norm_saved(m, device)  # embedding norm
         b += 2 * c * d + _norm_saved(m, device)  # head.dense input, GELU input, head.norm input
-    if m.family == "t5":
-        b += _norm_saved(m, device)  # the encoder's final norm
     if m.dropout > 0:
         b += d * _mask_bytes(device, 4)  # embedding dropout mask (fp32 embedding sum)
     return b
@@ -185,14 +183,10 @@ def activation_pieces(
     m: ModelConfig, precision: str, device: str
 ) -> tuple[float, float, int, float]:
     """Per token: (largest block, all blocks, number of blocks, outside the blocks)."""
-    enc = layer_activation_bytes(m, precision, device)
     if m.family == "t5":
-        dec = layer_activation_bytes(m, precision, device, cross_attention=True)
-        dec += bytes_per_element(precision) * m.d_model  # encoder output cast for cross K/V
-        n = m.n_layer + m.decoder_layers
-        largest = max(enc, dec) if m.decoder_layers else enc
-        blocks = enc * m.n_layer + dec * m.decoder_layers
-    elif m.moe_layers:
+        return t5_activation_pieces(m, precision, device)
+    enc = layer_activation_bytes(m, precision, device)
+    if m.moe_layers:
         moe = layer_activation_bytes(m, precision, device, moe=True)
         dense = m.n_layer - m.moe_layers
         n, largest = m.n_layer, max(moe, enc) if dense else moe
@@ -211,8 +205,130 @@ def activation_bytes(
     backward pass is counted in the phase it happens in (`budgetlm.estimate.phases`)."""
     tokens = micro_batch * m.seq_len
     _largest, blocks, n, final = activation_pieces(m, precision, device)
-    per_token = (4 * m.d_model * n if checkpointing else blocks) + final
+    kept = 4 * m.d_model * n  # each block's fp32 input
+    if m.family == "t5":  # per encoder token: decoder blocks read T_out / T_in as many
+        r = m.decoder_seq_len / m.seq_len
+        kept = 4 * m.d_model * (m.n_layer + r * m.decoder_layers) + _t5_checkpoint_extra(m, r)
+    per_token = (kept if checkpointing else blocks) + final
+    if m.family == "t5" and m.positions == "relative":  # int64 buckets of each stack's bias
+        return int(math.ceil(tokens * per_token)) + 8 * (m.seq_len**2 + m.decoder_seq_len**2)
     return int(math.ceil(tokens * per_token))
+
+
+def _t5_decoder_block(m: ModelConfig, precision: str, device: str) -> tuple[float, float]:
+    """(bytes per decoder token, bytes per encoder token) one t5 decoder block saves: norms,
+    causal self-attention over T_out keys and the MLP per decoder token; cross-attention's
+    query side (its input, q, scores over T_in keys, the output projection's input) per
+    decoder token and its k and v (and, under autocast, their cast input) per encoder token."""
+    c, autocast, dropout = bytes_per_element(precision), precision != "fp32", m.dropout > 0
+    eager = m.attention == "eager" or m.positions == "relative"
+    dm = m.model_copy(update={"seq_len": m.decoder_seq_len})
+    per_out = 3 * _norm_saved(m, device) + _mlp_saved(m, c, dropout, autocast, device)
+    per_out += _attention_saved(dm, c, device, dropout, eager, autocast)
+    inner = m.n_head * m.head_dim
+    kv = 2 * c * inner if eager else 0.0
+    per_out += _attention_saved(m, c, device, dropout, eager, autocast) - kv
+    if autocast:  # the cross q projection casts only the decoder's input
+        per_out -= 2 * c * m.d_model
+    per_out += _t5_softmax_extra(m, m.decoder_seq_len + m.seq_len, precision)
+    per_enc = kv + (2 * c * m.d_model if autocast else 0)
+    return per_out, per_enc
+
+
+def _t5_softmax_extra(m: ModelConfig, keys: int, precision: str) -> float:
+    """Per query token, what t5's eager attention saves beyond `_attention_saved` on `keys`
+    keys under autocast: the scores plus the fp32 bias are fp32, so softmax keeps an fp32
+    output (not one in the compute dtype) before the cast copy the AV matmul keeps."""
+    eager = m.attention == "eager" or m.positions == "relative"
+    return 4.0 * m.n_head * keys if eager and precision != "fp32" else 0.0
+
+
+def _t5_checkpoint_extra(m: ModelConfig, r: float) -> float:
+    """Per encoder token, what t5 keeps besides the block inputs under checkpointing: the
+    encoder output every decoder block reads, the combined position bias + mask of each stack
+    (fp32, B x H x T x T_keys) and the cross-attention mask, all inputs of the checkpoints."""
+    eager = m.attention == "eager" or m.positions == "relative"
+    bias = 4 * m.n_head * (m.seq_len + r * m.decoder_seq_len) if eager else 0
+    return 4 * m.d_model + bias + 4
+
+
+def _t5_ff_workspace(m: ModelConfig, c: int) -> float:
+    """Per token, a t5 MLP's backward working set at its largest (measured under MemTracker):
+    the fp32 gradient of the residual stream, the gradient of the hidden activation and the
+    activation's input gradient (compute dtype). ReLU's output is saved by both ReLU and the
+    down projection, so nothing is freed before threshold_backward (2·f); GELU's output goes
+    once the down projection is differentiated (1·f); SwiGLU's product rule holds the gradients
+    of both factors (2·f)."""
+    return 4 * m.d_model + (1 if m.mlp in ("gelu", "gelu_tanh") else 2) * c * m.ff
+
+
+def t5_moment_bytes(m: ModelConfig, precision: str, device: str, checkpointing: bool,
+                    decoder: bool, j: int) -> tuple[float, float, float]:
+    """What is alive while block j of t5's decoder (or encoder) is differentiated, at its MLP's
+    backward, or (decoder, j = -1) the decoder's token lookup: (activations per encoder token,
+    temporaries per encoder token, bytes that do not depend on the batch).
+
+    Differentiating block j of a stack keeps blocks 0..j's saved activations (under
+    checkpointing their fp32 inputs and block j's recompute, which holds all that block saves);
+    the decoder's blocks keep the whole encoder (its inputs under checkpointing, with the
+    encoder's bias + padding mask, the encoder output and the cross mask, all inputs of the
+    checkpoints), blocks 0..j's cross k and v, and, below the top block, the fp32 gradient of
+    the encoder output that the upper blocks' cross-attention summed into. The encoder's
+    blocks below its top block hold the (B, H, T, T) fp32 gradient of the bias + mask that
+    the upper blocks summed into (the decoder's has no batch axis). The embedding lookups'
+    int64 ids stay until the stack's embedding is differentiated, the bucket ids of the
+    relative bias until its table is."""
+    c, d, H = bytes_per_element(precision), m.d_model, m.n_head
+    T, To = m.seq_len, m.decoder_seq_len
+    r = To / T
+    eager = m.attention == "eager" or m.positions == "relative"
+    mm = m.model_copy(update={"fused_qkv": False})  # T5's separate q, k, v projections
+    ids = 8 * T**2 if m.positions == "relative" else 0  # relative bucket ids, encoder
+    bias = 4 * H if eager else 0  # per query per key: fp32 bias + mask, or its gradient
+    if not decoder:
+        block = layer_activation_bytes(mm, precision, device) + _t5_softmax_extra(mm, T, precision)
+        acts = 4 * d * j + block + bias * T if checkpointing else (j + 1) * block
+        acts += 8 + (bias * T if j < m.n_layer - 1 else 0)
+        return acts, _t5_ff_workspace(m, c), ids
+    per_out, per_enc = _t5_decoder_block(mm, precision, device)
+    block = j >= 0  # j = -1: the decoder's token lookup, every decoder block done
+    if checkpointing:
+        enc = 4 * d * m.n_layer + bias * T + 4 * d + 4 + (per_enc if block else 0)
+        dec = 4 * d * j + per_out if block else 0
+    else:
+        enc = m.n_layer * (layer_activation_bytes(mm, precision, device)
+                           + _t5_softmax_extra(mm, T, precision))
+        enc += (4 * d if c == 4 else 0) + (j + 1) * per_enc  # fp32: k and v keep the output
+        dec = (j + 1) * per_out
+    below_top = j < m.decoder_layers - 1
+    enc += _norm_saved(m, device) + 8 + (4 * d if below_top else 0)
+    const = ids + (8 * To**2 if m.positions == "relative" else 0)
+    const += bias * To * To * ((1 if checkpointing and block else 0) + (1 if below_top else 0))
+    temps = _t5_ff_workspace(m, c) if block else 4 * d  # or the lookup's output gradient
+    return enc + r * (dec + 8), r * temps, const
+
+
+def t5_activation_pieces(
+    m: ModelConfig, precision: str, device: str
+) -> tuple[float, float, int, float]:
+    """`activation_pieces` of t5 per *encoder input token* (what a step's tokens count): the
+    decoder's per-token bytes scaled by r = T_out / T_in (decoder_seq_len / seq_len)."""
+    r = m.decoder_seq_len / m.seq_len
+    c = bytes_per_element(precision)
+    m = m.model_copy(update={"fused_qkv": False})  # T5's separate q, k, v projections
+    enc = layer_activation_bytes(m, precision, device) + _t5_softmax_extra(m, m.seq_len, precision)
+    per_out, per_enc = _t5_decoder_block(m, precision, device)
+    dec = r * per_out + per_enc
+    n = m.n_layer + m.decoder_layers
+    largest = max(enc, dec) if m.decoder_layers else enc
+    blocks = enc * m.n_layer + dec * m.decoder_layers
+    # encoder final norm, its output (read by every decoder block), the embedding lookups' ids
+    # (8 B per token), per input token; decoder final norm and head input per output token
+    final = _norm_saved(m, device) + (0 if c != 4 else 4 * m.d_model) + 8
+    final += r * (_norm_saved(m, device) + c * m.d_model + 16)  # + the flattened targets
+    if m.dropout > 0:
+        final += (1 + r) * m.d_model * _mask_bytes(device, 4)  # embedding dropout masks
+    return largest, blocks, n, final
 
 
 def dropout_mask_bytes(device: str, dtype_bytes: int) -> int:

@@ -11,6 +11,7 @@ Mixture of experts: FLOPs follow the *active* weights. Every token multiplies th
 (every routed token is computed), so this holds whatever the balance between experts.
 Grouped-query attention shrinks the k/v projections only: scores and values still cost
 2·2·T·(n_head·head_dim) per token, every query head attending.
+t5: per encoder input token of a step, the decoder on its own length (`flops_per_token`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from budgetlm.estimate.params import (
     active_block_matmul_params,
     describe_shape,
     head_matmul_params,
+    param_spec_counts,
     sci,
 )
 
@@ -57,12 +59,29 @@ class Flops:
         return self.forward + self.backward + self.recompute
 
 
-def _attention_modules(m: ModelConfig) -> int:
-    """Attention operations per token: one per gpt/bert block; t5 encoder self, decoder self
-    and decoder cross (with input length = output length, cross costs the same as self)."""
-    if m.family == "t5":
-        return m.n_layer + 2 * m.decoder_layers
-    return m.n_layer
+def _t5_sequence_flops(m: ModelConfig) -> tuple[int, int, int]:
+    """t5, forward FLOPs of one sequence (T_in = seq_len encoder tokens, T_out =
+    decoder_seq_len decoder tokens): (blocks, head, the MLP down projections of every block).
+
+    Encoder: its block weights and self-attention (T_in keys) per input token. Decoder: its
+    block weights but the cross-attention k and v, self-attention over T_out keys and
+    cross-attention over T_in keys, per output token; the cross k and v projections read the
+    T_in encoder outputs in every decoder block. Head: V·d per output token."""
+    T_in, T_out, inner = m.seq_len, m.decoder_seq_len, m.n_head * m.head_dim
+    enc = dec = cross_kv = 0
+    for s, k in param_spec_counts(m):
+        if s.role != "matrix":
+            continue
+        if s.name.startswith("encoder."):
+            enc += k * s.numel
+        elif ".EncDecAttention.k." in s.name or ".EncDecAttention.v." in s.name:
+            cross_kv += k * s.numel
+        else:
+            dec += k * s.numel
+    blocks = T_in * (2 * enc + m.n_layer * 2 * 2 * T_in * inner + 2 * cross_kv)
+    blocks += T_out * (2 * dec + m.decoder_layers * 2 * 2 * (T_out + T_in) * inner)
+    down = 2 * m.ff * m.d_model * (m.n_layer * T_in + m.decoder_layers * T_out)
+    return blocks, T_out * 2 * head_matmul_params(m), down
 
 
 def flops_per_token(m: ModelConfig, checkpointing: bool = False) -> Flops:
@@ -80,20 +99,26 @@ def flops_per_token(m: ModelConfig, checkpointing: bool = False) -> Flops:
     dense MLP's down projection when there is no dropout (torch's checkpoint stops early; see
     below). MoE blocks are counted as recomputed in full.
 
-    t5: per *target* token with input length = output length = T: the encoder's work on one
-    input token plus the decoder's on one output token (cross-attention K/V projections of the
-    encoder output are counted once per input token), so 6·N·D still holds with D = targets.
+    t5 (Raffel et al. 2020): per *encoder input token* of a real step, T_in = seq_len inputs
+    and T_out = decoder_seq_len targets per sequence (`_t5_sequence_flops` / T_in): the decoder
+    and the head run on T_out tokens, its self-attention over T_out keys, its cross-attention
+    over T_in keys; `tokens_per_step` counts the encoder's tokens.
     """
-    T, inner = m.seq_len, m.n_head * m.head_dim
-    block_int = 2 * active_block_matmul_params(m) + _attention_modules(m) * 2 * 2 * T * inner
-    forward_int = block_int + 2 * head_matmul_params(m)
-    if 3 * forward_int > MAX_FLOPS_PER_TOKEN:
+    if m.family == "t5":  # of one sequence, then per encoder token
+        block_int, head_int, down_int = _t5_sequence_flops(m)
+        per = m.seq_len
+    else:
+        T, inner = m.seq_len, m.n_head * m.head_dim
+        block_int = 2 * active_block_matmul_params(m) + m.n_layer * 2 * 2 * T * inner
+        head_int, per = 2 * head_matmul_params(m), 1
+        down_int = 2 * (m.n_layer - m.moe_layers) * m.ff * m.d_model
+    forward_int = block_int + head_int
+    if 3 * forward_int > MAX_FLOPS_PER_TOKEN * per:
         raise UserError(
-            f"model: {sci(3 * forward_int)} FLOPs per token ({describe_shape(m)}) is beyond any "
-            f"hardware; estimates stop at {sci(MAX_FLOPS_PER_TOKEN)}"
+            f"model: {sci(3 * forward_int // per)} FLOPs per token ({describe_shape(m)}) is "
+            f"beyond any hardware; estimates stop at {sci(MAX_FLOPS_PER_TOKEN)}"
         )
-    block = float(block_int)
-    forward = float(forward_int)
+    block, forward, down = block_int / per, forward_int / per, down_int / per
     recompute = 0.0
     if checkpointing:
         recompute = block
@@ -102,9 +127,7 @@ def flops_per_token(m: ModelConfig, checkpointing: bool = False) -> Flops:
             # backward is back (`set_checkpoint_early_stop`, default on). A matmul saves its
             # inputs before it runs, so the block's last matmul — the MLP down projection — is
             # not recomputed; with dropout > 0 the dropout mask after it is saved, so it is.
-            recompute -= 2.0 * (m.n_layer - m.moe_layers) * m.ff * m.d_model
-            if m.family == "t5":
-                recompute -= 2.0 * m.decoder_layers * m.ff * m.d_model
+            recompute -= down
     return Flops(
         forward=forward,
         backward=2.0 * forward,

@@ -51,6 +51,7 @@ from budgetlm.estimate.phases import (
     peak_phase,
     step_phases,
 )
+from budgetlm.estimate.t5_memory import t5_moments
 
 MiB = 1 << 20
 
@@ -293,19 +294,20 @@ def step_sizes(
     rope = 4 * m.seq_len * m.head_dim * c if m.positions == "rope" else 0
     kept = activation_bytes(m, micro_batch, precision, checkpointing, device)
     final_bytes = int(math.ceil(tokens * final))
+    out_tokens = micro_batch * m.decoder_seq_len  # t5: decoder tokens; else = tokens
     return StepSizes(
         params=4 * resident + _buffer_bytes(m),
         state=optimizer_state_bytes(m, optimizer, o.momentum, expert_shards),
-        inputs=16 * tokens,  # int64 token ids and targets
+        inputs=8 * (tokens + out_tokens),  # int64 token ids and targets
         copies_head=(2 if precision != "fp32" else 0) * head_matmul_params(m),
         copies_block=copies_block,
         copies_blocks=copies_all,
         acts_block=int(math.ceil(tokens * largest)) + rope,
         acts_kept=kept - final_bytes + (0 if checkpointing else n_blocks * rope),
         acts_final=final_bytes,
-        logits=tokens * m.vocab_size,
+        logits=out_tokens * m.vocab_size,
         c=c,
-        final_out=4 * m.d_model * tokens,
+        final_out=4 * m.d_model * out_tokens,
         grads_head=grads_head,
         grads_block=grads_block,
         grads_all=4 * resident,
@@ -316,7 +318,17 @@ def step_sizes(
                                        o.nesterov, o.decay_all, expert_shards),
         n_blocks=max(n_blocks, 1),
         checkpointing=checkpointing,
+        **_t5_held(m, micro_batch, precision, device, checkpointing, counts),
     )
+
+
+def _t5_held(m: ModelConfig, micro_batch: int, precision: str, device: str,
+             checkpointing: bool, counts: list[tuple[ParamSpec, int]]) -> dict[str, Any]:
+    """t5: what the blocks of its two stacks hold while differentiated (`StepSizes`); {} else."""
+    if m.family != "t5":
+        return {}
+    return {"stack_moments": t5_moments(m, micro_batch, precision, device, checkpointing,
+                                        counts)}
 
 
 def _lora_step_sizes(

@@ -168,9 +168,18 @@ def _embedding_specs(m: ModelConfig) -> list[ParamSpec]:
     return out
 
 
+def _classifier_specs(m: ModelConfig) -> list[ParamSpec]:
+    """budgetlm.model.classify: Linear(d_model, n_classes) with a bias, replacing the LM head
+    (and BERT's MLM head) of a gpt/bert classifier."""
+    assert m.n_classes is not None
+    return _linear_specs(m, "classifier", m.d_model, m.n_classes, "head", bias=True)
+
+
 def _gpt_runs(m: ModelConfig) -> list[_Run]:
     tail = _norm_specs(m, "ln_f")
-    if not m.tie_embeddings:
+    if m.n_classes is not None:
+        tail += _classifier_specs(m)
+    elif not m.tie_embeddings:
         tail.append(ParamSpec("lm_head.weight", (m.vocab_size, m.d_model), "head"))  # no bias
     return [_fixed(_embedding_specs(m)), *_block_runs(m), _fixed(tail)]
 
@@ -181,6 +190,8 @@ def _bert_runs(m: ModelConfig) -> list[_Run]:
     head.append(ParamSpec("wtt.weight", (2, d), "embedding"))  # token types, like HF
     head += _norm_specs(m, "ln_emb")
     tail = _norm_specs(m, "ln_f")
+    if m.n_classes is not None:
+        return [_fixed(head), *_block_runs(m), _fixed(tail + _classifier_specs(m))]
     tail += _linear_specs(m, "head.dense", d, d, "head")
     tail += _norm_specs(m, "head.norm")
     if not m.tie_embeddings:
@@ -341,7 +352,11 @@ def inactive_expert_params(m: ModelConfig, matmul_only: bool = False) -> int:
 
 
 def head_matmul_params(m: ModelConfig) -> int:
-    """Matmul parameters outside the blocks: LM head (V·d, tied or not) + BERT's MLM dense (d·d)."""
+    """Matmul parameters outside the blocks: LM head (V·d, tied or not) + BERT's MLM dense (d·d);
+    a gpt/bert classifier's K·d instead (applied once per sequence, counted per token: an
+    over-count of K·d·(T-1) per sequence, negligible beside the blocks)."""
+    if m.n_classes is not None and m.family != "t5":
+        return m.n_classes * m.d_model
     head = m.vocab_size * m.d_model
     if m.family == "bert":
         head += m.d_model * m.d_model

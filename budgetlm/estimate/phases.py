@@ -74,6 +74,9 @@ class StepSizes:
     checkpointing: full recompute of each block; block_transients: what the forward of the
     last block holds beyond what it saves (0: never more than at the loss; a LoRA fine-tune's
     adapters hold fp32 casts of their input, see `budgetlm.estimate.lora_activations`).
+    stack_moments: t5, (weight copies, gradients, activations, temporaries) while a block is
+    differentiated (`budgetlm.estimate.t5_memory.t5_moments`): the decoder's top block (the
+    block_backward phase), then the other candidates (last_block_backward); () for one stack.
     """
 
     params: int
@@ -98,6 +101,7 @@ class StepSizes:
     n_blocks: int
     checkpointing: bool
     block_transients: int = 0
+    stack_moments: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def _phase(weights: int, grads: int, optimizer: int, activations: int, logits: int,
@@ -125,13 +129,20 @@ def step_phases(s: StepSizes) -> dict[str, dict[str, int]]:
     at_loss = _phase(w_fwd, 0, s.state, acts, s.logits * (s.c + fp32_copy + 4), s.final_out)
     in_block = _phase(w_fwd - s.copies_head, 0, s.state, s.inputs + s.acts_kept, 0,
                       s.block_transients)
+    last_block = _phase(s.params + s.copies_block, after_blocks - s.grads_block, s.state,
+                        last_acts, s.logits * s.c, s.workspace)
+    first_block = _phase(w_block, s.grads_head, s.state, s.inputs + s.acts_kept + recompute,
+                         s.logits * s.c, s.workspace)
+    if s.stack_moments:  # t5: the blocks of both stacks where the backward can peak
+        held = [_phase(s.params + w, g, s.state, s.inputs + a, s.logits * s.c, t)
+                for w, g, a, t in s.stack_moments]
+        first_block = held[0]
+        last_block = max(held[1:] or held, key=lambda p: sum(p.values()))
     return {
         "forward": max(at_loss, in_block, key=lambda p: sum(p.values())),
         "loss_backward": _phase(w_fwd, 0, s.state, acts, s.logits * (s.c + 12), 0),
-        "block_backward": _phase(w_block, s.grads_head, s.state,
-                                 s.inputs + s.acts_kept + recompute, s.logits * s.c, s.workspace),
-        "last_block_backward": _phase(s.params + s.copies_block, after_blocks - s.grads_block,
-                                      s.state, last_acts, s.logits * s.c, s.workspace),
+        "block_backward": first_block,
+        "last_block_backward": last_block,
         "embedding_backward": _phase(s.params, s.grads_all, s.state, s.inputs, s.logits * s.c,
                                      2 * s.tied_embedding),
         "optimizer": _phase(s.params, s.grads_all, s.state, s.inputs, s.logits * s.c,
@@ -145,8 +156,9 @@ def peak_phase(phases: dict[str, dict[str, int]]) -> str:
 
 
 def _decayed(role: str, ndim: int, decay_all: bool) -> bool:
-    """budgetlm.optim.param_groups: decay for tensors with ndim >= 2 that are not embeddings."""
-    return decay_all or (ndim >= 2 and role != "embedding")
+    """budgetlm.optim.param_groups: decay for tensors with ndim >= 2 that are not embeddings
+    (t5's relative-bias tables are nn.Embedding weights too)."""
+    return decay_all or (ndim >= 2 and role not in ("embedding", "table"))
 
 
 def muon_hidden(s: ParamSpec) -> bool:

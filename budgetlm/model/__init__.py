@@ -17,6 +17,10 @@ here are mirrored by `budgetlm.estimate.param_shapes`, which the tests compare n
     blocks.{i}.mlp.router (n_expert x d, no bias), blocks.{i}.mlp.experts.{e}.{...},
     blocks.{i}.mlp.shared.{s}.{...}
 
+Classification (`n_classes` set): no LM/MLM head; `classifier` (Linear d_model -> n_classes)
+over a pooled state (`model.classify`); PAD_ID (-1) in the input marks padding, masked out of
+attention and pooling and embedded as id 0.
+
 Loss = mean cross-entropy over targets != -100, computed in fp32 (`logits.float()`); in
 training mode an MoE model adds router_aux_coef x its load-balancing loss (validation loss is
 the plain cross-entropy).
@@ -27,29 +31,30 @@ from __future__ import annotations
 import torch.nn as nn
 
 from budgetlm.config import ModelConfig
-from budgetlm.errors import UserError
 from budgetlm.model.bert import N_TOKEN_TYPES, BertMLM, MLMHead, mlm_mask
+from budgetlm.model.classify import CLASSIFIER, build_classifier, pool
 from budgetlm.model.gpt import GPT
 from budgetlm.model.hf_weights import hf_layout, hf_module_names, load_pretrained
 from budgetlm.model.layers import Rotary, SelfAttention, make_norm, window_mask
 from budgetlm.model.mlp import MLP, MoE, route
-from budgetlm.model.transformer import IGNORE_INDEX, Block, TransformerBase
+from budgetlm.model.t5 import T5, decoder_start_id
+from budgetlm.model.transformer import IGNORE_INDEX, PAD_ID, Block, TransformerBase
 
 __all__ = [
-    "GPT", "IGNORE_INDEX", "MLP", "N_TOKEN_TYPES", "BertMLM", "Block", "MLMHead", "MoE", "Rotary",
-    "SelfAttention", "TransformerBase", "build_model", "expert_load", "hf_layout",
-    "hf_module_names", "load_pretrained", "make_norm", "mlm_mask", "n_params", "route",
-    "window_mask",
+    "CLASSIFIER", "GPT", "IGNORE_INDEX", "MLP", "N_TOKEN_TYPES", "PAD_ID", "BertMLM", "Block",
+    "MLMHead", "MoE", "Rotary", "SelfAttention", "T5", "TransformerBase", "build_classifier",
+    "build_model", "decoder_start_id", "expert_load", "hf_layout", "hf_module_names",
+    "load_pretrained", "make_norm", "mlm_mask", "n_params", "pool", "route", "window_mask",
 ]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised GPT or BertMLM for `cfg` (t5 is estimate-only)."""
+    """A freshly initialised GPT, BertMLM or T5 (encoder-decoder) for `cfg`."""
     if cfg.family == "gpt":
         return GPT(cfg)
     if cfg.family == "bert":
         return BertMLM(cfg)
-    raise UserError(f"model.family: {cfg.family} is supported by estimate only, not by build_model")
+    return T5(cfg)
 
 
 def n_params(model: nn.Module) -> int:

@@ -1,6 +1,8 @@
 """BERT-style masked LM: mirrors HF `BertForMaskedLM` (token-type embedding of 2 rows,
 embedding norm, MLM head dense + GELU + norm + decoder with its own bias) but with pre-norm
-blocks and a final norm, so it has one norm (2·d parameters) more than HF's post-norm BERT."""
+blocks and a final norm, so it has one norm (2·d parameters) more than HF's post-norm BERT. With
+`n_classes` set it is a classifier: no MLM head, `classifier` over the mean of the non-padding
+positions (or the first, `pooling: cls`)."""
 
 from __future__ import annotations
 
@@ -38,16 +40,24 @@ class BertMLM(TransformerBase):
         self.ln_emb = make_norm(cfg, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self._build_blocks(cfg, causal=False)
-        self.head = MLMHead(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)  # decoder, bias V
+        self.head: MLMHead | None = None
+        if self._build_head(cfg):
+            self.head = MLMHead(cfg)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)  # decoder
         self._tie_and_init()
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """MLM: logits (B, T, V) (and the loss of `targets` (B, T)); classifier: class logits
+        (B, K) (and the loss of `targets`, labels (B,)); PAD_ID marks a classifier's padding."""
+        keep = self._keep(idx)
         x = self._embed(idx, extra=self.wtt.weight[0])  # token type 0 everywhere
         x = self.drop(self.ln_emb(x))
-        x = self._run_blocks(x)  # (B, T, C)
+        x = self._run_blocks(x, keep)  # (B, T, C)
+        if self.classifier is not None:
+            return self._classify(x, keep, targets)
+        assert self.head is not None and self.lm_head is not None
         logits = self.lm_head(self.head(x))  # (B, T, V)
         if targets is None:
             return logits

@@ -1,6 +1,7 @@
 """Decoder-only causal language model (GPT-2 shape by default; Llama, Mistral, Qwen and
 mixture-of-experts shapes through the config). The LM head never has a bias (GPT-2:
-124,439,808 parameters with the tied head)."""
+124,439,808 parameters with the tied head). With `n_classes` set it is a classifier: no LM head,
+`classifier` over the last non-padding position (or as `pooling` says)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,20 @@ class GPT(TransformerBase):
         self._build_embeddings(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self._build_blocks(cfg, causal=True)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if self._build_head(cfg):
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._tie_and_init()
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = self._run_blocks(self.drop(self._embed(idx)))  # (B, T, C)
+        """LM: logits (B, T, V) (and the loss of `targets` (B, T)); classifier: class logits
+        (B, K) (and the loss of `targets`, labels (B,)); PAD_ID marks a classifier's padding."""
+        keep = self._keep(idx)
+        x = self._run_blocks(self.drop(self._embed(idx)), keep)  # (B, T, C)
+        if self.classifier is not None:
+            return self._classify(x, keep, targets)
+        assert self.lm_head is not None
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits

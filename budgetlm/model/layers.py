@@ -13,6 +13,10 @@ Sliding-window attention (Mistral): query i attends to keys j with 0 <= i - j < 
 shorter than the sequence is an explicit boolean mask, so SDPA (and eager) compute the full
 T x T score square and mask it: the window saves no FLOPs or memory here, it changes what the
 model can see. A window at least as long as the sequence is plain causal attention.
+
+Padding (classification batches): `keep` (B, T), False at padding, masks padding keys out of
+every query's softmax through the same explicit mask, so a padded sequence's real positions see
+exactly what they would unpadded.
 """
 
 from __future__ import annotations
@@ -119,16 +123,28 @@ class SelfAttention(nn.Module):
             q, k = self.rotary(q), self.rotary(k)
         return q, k, v
 
-    def _mask(self, T: int, device: torch.device) -> torch.Tensor | None:
-        """The explicit (T, T) mask of a window shorter than T; None otherwise."""
-        if self.window is None or self.window >= T:
-            return None
-        return window_mask(T, self.window, device)
+    def _mask(
+        self, T: int, device: torch.device, keep: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The explicit mask: (T, T) for a window shorter than T, None otherwise; with `keep`
+        ((B, T) bool, False at padding) (B, 1, T, T): no query attends a padding key (a padding
+        query still attends itself, so no row is empty)."""
+        mask = None
+        if self.window is not None and self.window < T:
+            mask = window_mask(T, self.window, device)
+        if keep is None:
+            return mask
+        if mask is None and self.causal:
+            mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(T, dtype=torch.bool, device=device)
+        padded = keep[:, None, None, :] | eye  # (B, 1, T, T)
+        return padded if mask is None else padded & mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C); keep: (B, T) bool, False at padding keys (None: no padding)."""
         B, T, _ = x.size()
         q, k, v = self._heads(x)
-        mask = self._mask(T, x.device)
+        mask = self._mask(T, x.device, keep)
         gqa = self.n_kv != self.n_head
         if self.eager:
             if gqa:

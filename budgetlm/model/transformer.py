@@ -11,10 +11,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from budgetlm.config import ModelConfig
+from budgetlm.model.classify import build_classifier, classify
 from budgetlm.model.layers import SelfAttention, make_norm
 from budgetlm.model.mlp import MLP, MoE
 
 IGNORE_INDEX = -100
+# An input id marking padding (classification batches, t5 encoder inputs): not attended to,
+# not pooled; the model embeds it as id 0.
+PAD_ID = -1
 
 # Linear weights on the residual path, scaled by 1/sqrt(2·n_layer) at init: attention's c_proj
 # and every MLP's down projection (dense, routed or shared expert).
@@ -37,8 +41,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg, cfg.d_model)
         self.mlp: nn.Module = MoE(cfg) if moe else MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> BlockOut:  # (B, T, C)
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> BlockOut:
+        x = x + self.attn(self.ln_1(x), keep)  # (B, T, C); keep: (B, T) False at padding
         if isinstance(self.mlp, MoE):
             y, aux, counts = self.mlp(self.ln_2(x))
             return x + y, aux, counts
@@ -63,15 +67,40 @@ class TransformerBase(nn.Module):
         """Token embeddings (+ `extra`, broadcast) + learned positions: (B, T) -> (B, T, C)."""
         T = idx.size(1)
         self._check_length(T)
-        x = self.wte(idx)  # (B, T, C)
+        x = self.wte(idx.clamp_min(0) if self.classifier is not None else idx)  # (B, T, C)
         if extra is not None:
             x = x + extra
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast
         return x
 
+    def _build_head(self, cfg: ModelConfig) -> bool:
+        """The classifier of a classification model (`cfg.n_classes`); True when there is
+        none and the caller builds its LM head."""
+        self.classifier = build_classifier(cfg)
+        self.lm_head: nn.Module | None = None
+        return self.classifier is None
+
+    def _keep(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) bool, False at PAD_ID: a classifier's padding mask (None for an LM, whose
+        batches are never padded)."""
+        return idx != PAD_ID if self.classifier is not None else None
+
+    def _classify(
+        self, x: torch.Tensor, keep: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (B, K) of the pooled states, and with `labels` (B,) the loss (mean
+        cross-entropy in fp32, plus the MoE balancing loss in training)."""
+        assert self.classifier is not None
+        logits, loss = classify(self.classifier, x, keep, self.cfg.pooled, labels)
+        if loss is None:
+            return logits
+        if self.training and self.aux_loss is not None and self.cfg.router_aux_coef > 0:
+            loss = loss + self.cfg.router_aux_coef * self.aux_loss
+        return logits, loss
+
     def _tie_and_init(self) -> None:
-        if self.cfg.tie_embeddings:
+        if self.cfg.tie_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.wte.weight  # counted once by parameters()
         self._init_weights()
 
@@ -105,15 +134,16 @@ class TransformerBase(nn.Module):
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of length {T} exceeds model.seq_len={self.cfg.seq_len}")
 
-    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+    def _run_blocks(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) through the blocks and the final norm; keep: the padding mask."""
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         aux_total: torch.Tensor | None = None
         loads: list[torch.Tensor] = []
         for block in self.blocks:
             if recompute:
-                x, aux, counts = checkpoint(block, x, use_reentrant=False)
+                x, aux, counts = checkpoint(block, x, keep, use_reentrant=False)
             else:
-                x, aux, counts = block(x)
+                x, aux, counts = block(x, keep)
             if aux is not None and counts is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
                 loads.append(counts)

@@ -113,8 +113,6 @@ class FinetunePlanFile(Record):
 
     @classmethod
     def of(cls, p: FinetunePlan, limit: int | None = None) -> FinetunePlanFile:
-        from budgetlm.plan.finetune_plan import RANKING_RULE
-
         t, b = p.target, p.base
         cands = p.candidates if limit is None else p.candidates[:limit]
         return cls(
@@ -135,7 +133,7 @@ class FinetunePlanFile(Record):
                 unique_tokens=p.data.unique, val_tokens=p.data.val_tokens,
                 vocab_size=p.data.vocab,
             ),
-            ranking=RANKING_RULE,
+            ranking=p.ranking,
             top=FinetuneCandidateRecord.of(p.top),
             candidates=[FinetuneCandidateRecord.of(c) for c in cands],
             n_candidates=len(p.candidates),

@@ -31,6 +31,14 @@ from budgetlm.plan.finetune import (
     resolve_seq_lens,
 )
 from budgetlm.plan.finetune_base import PretrainedBase, load_base
+from budgetlm.plan.finetune_classify import (
+    CLASSIFY_LR_FRACTION,
+    RANKING_RULE_CLASSIFY,
+    classification_base,
+    classification_data,
+    count_labeled,
+    seq_len_note,
+)
 from budgetlm.plan.pricing import precisions_for
 from budgetlm.plan.recipe import optim_config, schedule_config, train_config
 from budgetlm.plan.timing import SHORT_BUDGET, TIMED, busy_note, timing_default
@@ -98,6 +106,8 @@ class FinetunePlan:
     seed: int = 0
     elapsed_s: float = 0.0
     timed: list[str] = field(default_factory=list)  # candidates whose steps were timed here
+    task: str = "lm"  # lm (a corpus) or classification (labeled rows)
+    ranking: str = RANKING_RULE
 
     @property
     def top(self) -> FinetuneCandidate:
@@ -143,32 +153,37 @@ def finetune_run_config(c: FinetuneCandidate, p: FinetunePlan) -> RunConfig:
         "budget": p.budget.to_dict(),
         "interpretation": p.first_line,
         "finetune_plan": {**describe(c), "base": str(p.base.path),
-                          "unique_tokens": p.data.unique, "ranking": RANKING_RULE},
+                          "unique_tokens": p.data.unique, "ranking": p.ranking},
     }
     return candidate_config(c, p.target, p.base, p.data.config, p.optimizer, p.schedule,
-                            p.seed, meta)
+                            p.seed, meta, p.task)
 
 
 def candidate_config(c: FinetuneCandidate, tgt: Target, base: PretrainedBase, data: DataConfig,
                      optimizer: str, schedule: str, seed: int,
-                     meta: dict[str, Any] | None = None) -> RunConfig:
+                     meta: dict[str, Any] | None = None, task: str = "lm") -> RunConfig:
     """Candidate `c` as a RunConfig: the base's model at the candidate's context, the recipe's
     AdamW, schedule and training section (`recipe`), the epoch cap, evaluations per epoch, early
-    stopping for multi-epoch runs, the finetune section (what timing its steps runs too)."""
+    stopping for multi-epoch runs (every classification run: on validation accuracy, the best
+    checkpoint restored), the finetune section (what timing its steps runs too)."""
     train = train_config(c, tgt)  # type: ignore[arg-type]  # the shared batch/precision fields
+    classify = task == "classification"
     update: dict[str, Any] = {
         "eval_interval": max(1, c.steps // c.evals),
         "eval_tokens": c.eval_tokens,
-        "patience": PATIENCE if c.epochs > 1 else None,
+        "patience": PATIENCE if c.epochs > 1 or classify else None,
         "init_from": str(base.path.resolve()) if base.kind == "run" else None,
     }
+    if classify:
+        update["monitor"] = "val_accuracy"
     if tgt.kind == "time":  # the clock ends the run unless the epochs end it first
         wall = float(tgt.wall_seconds or 0.0)
         update["max_tokens"] = int(c.tokens) if c.capped else None
         update["eval_time_interval"] = None if c.capped else wall / c.evals
     return RunConfig(
-        name=f"finetune-{base.name}-{c.method.label}",
+        name=f"{'classify' if classify else 'finetune'}-{base.name}-{c.method.label}",
         seed=seed,
+        task=task,  # type: ignore[arg-type]
         model=base.model_at(c.seq_len),
         optim=optim_config(c, optimizer),  # type: ignore[arg-type]
         schedule=schedule_config(c, schedule),  # type: ignore[arg-type]
@@ -179,7 +194,10 @@ def candidate_config(c: FinetuneCandidate, tgt: Target, base: PretrainedBase, da
     )
 
 
-def _lr_note(ctx: FinetuneContext) -> str:
+def _lr_note(ctx: FinetuneContext, task: str = "lm") -> str:
+    if task == "classification":
+        return (f"lr: {ctx.lr_full:.2g} = {CLASSIFY_LR_FRACTION:g} x {ctx.lr_source} (Devlin et "
+                "al. 2019: BERT pretrained at 1e-4, fine-tuned best among 5e-5, 3e-5, 2e-5)")
     return (
         f"lr: full fine-tuning {ctx.lr_full:.2g} = {FULL_LR_FRACTION:g} x {ctx.lr_source} "
         "(Llama 2 7B: pretrained at 3e-4, Touvron et al. 2023; best fully fine-tuned near "
@@ -192,17 +210,18 @@ def _lr_note(ctx: FinetuneContext) -> str:
 
 
 def _top_notes(top: FinetuneCandidate, cands: list[FinetuneCandidate],
-               bad: list[FinetuneCandidate], unique: int) -> list[str]:
+               bad: list[FinetuneCandidate], unique: int, task: str = "lm") -> list[str]:
     notes = [
         f"top: {top.method.label} trains {format_count(top.trainable_params)} of "
         f"{format_count(top.params)} params, room for ~{format_count(top.capacity_tokens)} "
         f"tokens against {format_count(unique)} unique; {top.epochs:.3g} epochs, "
         f"{format_count(top.tokens)} tokens, {top.steps} steps"
     ]
-    if top.epochs > 1:
+    if top.epochs > 1 or task == "classification":
+        what = "accuracy (the best checkpoint restored)" if task == "classification" else "loss"
         notes.append(
             f"early stopping: {top.evals} evaluations ({EVALS_PER_EPOCH} per epoch); the run "
-            f"stops after {PATIENCE} without a new best validation loss (train.patience)")
+            f"stops after {PATIENCE} without a new best validation {what} (train.patience)")
     full_bad = [c for c in bad if c.method.name == "full" and c.reason.startswith("does not")]
     if full_bad and not any(c.method.name == "full" for c in cands):
         notes.append(f"full fine-tuning {full_bad[0].reason}: LoRA keeps the frozen weights "
@@ -259,6 +278,7 @@ def plan_finetune(
     profile: Any = None,
     timing: bool | None = None,
     timing_top: int = 3,
+    task: str = "lm",
 ) -> FinetunePlan:
     """Rank fine-tunes of the model at `base_path` on corpus `data` for `budget` (see
     `plan.finetune`). tokenizer: instead of the model's own (tokenizer.json, else bytes);
@@ -266,21 +286,39 @@ def plan_finetune(
     timing: time real steps of the best few fine-tunes (`plan.finetune_timing`; --time budgets
     only, by default when this machine's profile is used and the budget is longer than the
     timing, as the pretraining planner: `timing.timing_default`; a budget the estimates say buys
-    nothing is refused before any timing); timing_top: how many are timed exactly."""
+    nothing is refused before any timing); timing_top: how many are timed exactly.
+    task: lm (a corpus) or classification (labeled rows, `plan.finetune_classify`)."""
     t0 = time.perf_counter()
     if schedule not in ("wsd", "cosine"):
         raise UserError(f"--schedule: expected wsd or cosine, got {schedule!r}")
+    if task not in ("lm", "classification"):
+        raise UserError(f"--task: expected lm or classification, got {task!r}")
     base = load_base(base_path)
     tgt = resolve_target(budget, profile)
-    counted = count_data(data, tokenizer, base)
     precs = precisions_for(tgt, precisions)
     if not precs:
         raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
     lr_pre, lr_source = base.pretraining_lr()
+    extra: list[str] = []
+    if task == "classification":
+        if tokenizer is not None or seq_lens:
+            raise UserError("--tokenizer/--seq-len: a classification plan uses the run's "
+                            "tokenizer and its longest training text")
+        labeled = count_labeled(data, base)
+        base = classification_base(base, labeled)
+        counted = DataCount(classification_data(labeled), labeled.unique, labeled.val_tokens,
+                            labeled.vocab, labeled.description)
+        lr_full, lens = CLASSIFY_LR_FRACTION * lr_pre, [labeled.seq_len]
+        pairs = [(m, p) for m, p in methods_for(base.model, precs) if m.name == "full"]
+        extra = [n for n in [seq_len_note(labeled, base)] if n]
+    else:
+        counted = count_data(data, tokenizer, base)
+        lr_full = FULL_LR_FRACTION * lr_pre
+        lens = resolve_seq_lens(base, tgt, seq_lens, counted.unique, counted.val_tokens)
+        pairs = methods_for(base.model, precs)
     ctx = FinetuneContext(tgt, base, counted.unique, counted.val_tokens, optimizer,
-                          FULL_LR_FRACTION * lr_pre, lr_source)
-    lens = resolve_seq_lens(base, tgt, seq_lens, counted.unique, counted.val_tokens)
-    setups, no_fit = price_setups(ctx, methods_for(base.model, precs), lens)
+                          lr_full, lr_source)
+    setups, no_fit = price_setups(ctx, pairs, lens)
     ranked, bad = _ranked(setups, no_fit, ctx)
     timing, short = timing_default(timing, tgt, profile)
     timed: list[str] | None = None
@@ -290,12 +328,14 @@ def plan_finetune(
 
         timed, rates = time_finetunes(
             setups, ranked, ctx, timing_top,
-            lambda c: candidate_config(c, tgt, base, counted.config, optimizer, schedule, seed))
+            lambda c: candidate_config(c, tgt, base, counted.config, optimizer, schedule, seed,
+                                       task=task))
         ranked, bad = _ranked(setups, no_fit, ctx, rates)
         busy = busy_note(tgt)
-    notes = [*tgt.notes, *base.notes, counted.description, RANKING_RULE,
-             *_top_notes(ranked[0], ranked, bad, counted.unique), _lr_note(ctx),
-             *_time_notes(tgt, timed, busy, short)]
+    ranking = RANKING_RULE_CLASSIFY if task == "classification" else RANKING_RULE
+    notes = [*tgt.notes, *base.notes, counted.description, *extra, ranking,
+             *_top_notes(ranked[0], ranked, bad, counted.unique, task),
+             _lr_note(ctx, task), *_time_notes(tgt, timed, busy, short)]
     if ranked[0].memory_bytes is not None and tgt.memory_limit is not None:
         notes.append(f"memory: top {short_bytes(ranked[0].memory_bytes)} of "
                      f"{short_bytes(int(tgt.memory_limit))} usable (estimator)")
@@ -303,7 +343,7 @@ def plan_finetune(
         budget=budget, target=tgt, base=base, data=counted, candidates=ranked, infeasible=bad,
         front=front(ranked), notes=notes, optimizer=optimizer, schedule=schedule,
         lr_source=lr_source, seed=seed, elapsed_s=time.perf_counter() - t0,
-        timed=[c.name for c in ranked if c.time_source == TIMED],
+        timed=[c.name for c in ranked if c.time_source == TIMED], task=task, ranking=ranking,
     )
 
 

@@ -117,9 +117,10 @@ def classify_exit(rc: int, result: dict[str, Any] | None, stderr: str) -> Outcom
         status = str(result.get("status"))
         why = str(result.get("stop_reason") or status)
         if status in ("completed", "early_stopped"):
-            bpb = result.get("val_bpb")
-            if bpb is None or not math.isfinite(float(bpb)):
-                return Outcome("fail", "failed", f"{status} without a finite val_bpb", result)
+            # val_loss: every task has one (t5 and classification runs have no val_bpb)
+            loss = result.get("val_loss")
+            if loss is None or not math.isfinite(float(loss)):
+                return Outcome("fail", "failed", f"{status} without a finite val_loss", result)
             return Outcome("complete", status, why, result)
         if status == "diverged":
             return Outcome("pruned", "diverged", f"diverged: {why}", result)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from budgetlm.data import bits_per_byte, sample_batch, val_batches
+from budgetlm.data import bits_per_byte, sample_batch, span_corrupt, span_lengths, val_batches
 from budgetlm.errors import UserError
 from budgetlm.estimate import memory_breakdown
-from budgetlm.model import mlm_mask
+from budgetlm.model import IGNORE_INDEX, PAD_ID, mlm_mask
+from budgetlm.train.classify import draw_labeled, evaluate_classifier
 from budgetlm.train.runtime import autocast_ctx
 from budgetlm.train.state import RunState
 
@@ -19,6 +20,12 @@ def draw_batch(s: RunState, split: Any, mb: int, step: int, micro: int) -> tuple
     import torch
 
     cfg = s.cfg
+    if cfg.task == "classification":  # labeled rows, epochs of seeded permutations
+        return draw_labeled(s, split, mb, step, micro)
+    if s.first_sentinel is not None:  # t5: span-corrupted windows of `raw` tokens
+        x, _ = sample_batch(split, mb, span_lengths(cfg.model).raw, cfg.seed, step, micro)
+        x, y = _span_corrupt(s, x, cfg.seed * 1_000_003 + step * 1009 + micro)
+        return x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
     x, y = sample_batch(split, mb, cfg.model.seq_len, cfg.seed, step, micro)
     if s.mask_id is not None:
         g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step * 1009 + micro) % 2**62)
@@ -26,18 +33,33 @@ def draw_batch(s: RunState, split: Any, mb: int, step: int, micro: int) -> tuple
     return x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
 
 
-def evaluate(s: RunState, model: Any, mb: int) -> tuple[float, float]:
-    """Mean val loss (nats/token) and bits per byte on the fixed validation windows."""
+def _span_corrupt(s: RunState, windows: Any, seed: int) -> tuple[Any, Any]:
+    """t5: span corruption of `windows` with a generator seeded by `seed`."""
+    import torch
+
+    assert s.first_sentinel is not None
+    g = torch.Generator().manual_seed(seed % 2**62)
+    return span_corrupt(windows, s.cfg.model, s.first_sentinel, PAD_ID, IGNORE_INDEX, g)
+
+
+def evaluate(s: RunState, model: Any, mb: int) -> tuple[float, float | None]:
+    """Mean val loss (nats/token) and bits per byte on the fixed validation windows. t5: nats
+    per target token (sentinels and corrupted tokens) of span-corrupted windows, and no bits
+    per byte (None): the targets are not a stretch of text whose bytes the loss describes."""
     import torch
 
     cfg = s.cfg
+    t5 = s.first_sentinel is not None
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    window = span_lengths(cfg.model).raw if t5 else cfg.model.seq_len
     with torch.no_grad():
         for i, (x, y) in enumerate(
-            val_batches(s.corpus.val, mb, cfg.model.seq_len, cfg.train.eval_tokens)
+            val_batches(s.corpus.val, mb, window, cfg.train.eval_tokens)
         ):
+            if t5:
+                x, y = _span_corrupt(s, x, 1_000_003 + i)
             if s.mask_id is not None:
                 g = torch.Generator().manual_seed(1_000_003 + i)
                 x, y = mlm_mask(x, cfg.model.mask_rate, s.mask_id, s.mask_id, g)
@@ -49,7 +71,16 @@ def evaluate(s: RunState, model: Any, mb: int) -> tuple[float, float]:
             count += n
     model.train(was_training)
     loss = total / max(count, 1)
-    return loss, bits_per_byte(loss, s.corpus.val_bytes_per_token)
+    return loss, None if t5 else bits_per_byte(loss, s.corpus.val_bytes_per_token)
+
+
+def eval_metrics(s: RunState, model: Any, mb: int) -> dict[str, float | None]:
+    """What an eval record reports: val_loss and val_bpb; for classification val_loss,
+    val_accuracy and val_f1 over the whole validation split (`train.classify`)."""
+    if s.cfg.task == "classification":
+        return evaluate_classifier(s, model, mb)
+    loss, bpb = evaluate(s, model, mb)
+    return {"val_loss": loss, "val_bpb": bpb}
 
 
 def _tokens_per_second(s: RunState, model: Any, opt: Any, mb: int) -> float | None:

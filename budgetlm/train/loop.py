@@ -18,7 +18,8 @@ from budgetlm.config import with_values
 from budgetlm.errors import UserError
 from budgetlm.estimate import estimate, memory_breakdown, training_flops_per_token
 from budgetlm.optim import build_optimizer, clip_grad_norm, lr_factor, set_lr
-from budgetlm.train.batches import draw_batch, evaluate, resolve_micro_batch
+from budgetlm.train import classify
+from budgetlm.train.batches import draw_batch, eval_metrics, resolve_micro_batch
 from budgetlm.train.finetune import base_model, plain_state_dict, prepare_model, save_run_adapter
 from budgetlm.train.parallel import (
     BatchSplit,
@@ -93,7 +94,9 @@ def build_engine(s: RunState) -> Engine:
     model = models.build_model(cfg.model).to(s.device)
     if cfg.model.from_pretrained and s.resume_state is None:  # init_from, if set, loads on top
         models.load_pretrained(model, cfg.model, cfg.model.from_pretrained)
-    if t.init_from and s.resume_state is None:
+    if t.init_from and s.resume_state is None and cfg.task == "classification":
+        classify.init_backbone(model, cfg, t.init_from)  # LM head dropped, classifier fresh
+    elif t.init_from and s.resume_state is None:
         _init_weights_from(model, t.init_from)
     model.activation_checkpointing = t.activation_checkpointing
     model = prepare_model(model, cfg)  # full: as it is; lora: peft's wrapper, adapters train
@@ -177,6 +180,7 @@ class TrainingLoop:
         )
         self.total_steps = t.max_steps if by_steps else None  # nanoGPT-style decay after warmup
         self.status, self.reason = "completed", ""
+        self.restored = False  # the best checkpoint's weights restored at the end
         self.step_times: list[float] = []
         self.micros_done = 0  # micro-steps of the step under way
         self.data_seconds = 0.0  # host time drawing batches: shows whether data loading stalls
@@ -364,7 +368,9 @@ class TrainingLoop:
         stopped = eval_and_track(self.s, self.e, c, lambda: self.save(best=True))
         self.last_eval_time, self.last_eval_step = time.perf_counter(), c.step
         if stopped:
-            self.status, self.reason = "early_stopped", f"no improvement in {t.patience} evals"
+            what = "" if t.monitor == "val_loss" else f"{t.monitor} "
+            self.status = "early_stopped"
+            self.reason = f"no {what}improvement in {t.patience} evals"
             return False
         return True
 
@@ -374,6 +380,10 @@ class TrainingLoop:
         ended_well = self.status in ("completed", "early_stopped")
         if ended_well and self.last_eval_step != c.step and c.step > 0:
             eval_and_track(s, self.e, c, lambda: self.save(best=True), final=True)
+        t = s.cfg.train
+        if (ended_well and s.cfg.task == "classification" and t.patience is not None
+                and not self.e.sharded and c.best_step is not None and c.best_step != c.step):
+            self.restored = classify.restore_best(s.run, self.e.raw_model)
         if c.step > 0 and self.status != "diverged":
             self.save()
 
@@ -381,20 +391,30 @@ class TrainingLoop:
 def eval_and_track(
     s: RunState, e: Engine, c: Counters, save_best: Callable[[], None], final: bool = False
 ) -> bool:
-    """Evaluate, log, keep the best checkpoint; True when early stopping says stop."""
+    """Evaluate, log, keep the best checkpoint by `train.monitor` (in its `monitor_mode`);
+    True when early stopping (patience, min_delta on the monitored metric) says stop."""
     t = s.cfg.train
-    loss, bpb = evaluate(s, e.raw_model, e.micro_batch)
+    metrics = eval_metrics(s, e.raw_model, e.micro_batch)
+    value = metrics[t.monitor]
+    assert value is not None
     if e.sharded:  # one decision to save the best for every rank (each writes its shards)
-        loss = rank0_value(s, loss)
-    c.last_val, c.last_bpb = loss, bpb
-    improved = loss < c.best_val - t.min_delta
+        value = rank0_value(s, value)
+        metrics[t.monitor] = value
+    loss, bpb = metrics["val_loss"], metrics["val_bpb"]
+    assert loss is not None
+    c.last_val, c.last_bpb, c.last_metrics = loss, bpb, metrics
+    best = c.best_score
+    if best is None and t.monitor == "val_loss" and math.isfinite(c.best_val):
+        best = c.best_val  # resumed from a checkpoint that predates best_score
+    improved, better = classify.judge(t, value, best)
     c.bad_evals = 0 if improved else c.bad_evals + 1
     if loss < c.best_val:
         c.best_val, c.best_bpb = loss, bpb
-        if math.isfinite(loss):
-            save_best()
+    if better:
+        c.best_score, c.best_step, c.best_metrics = value, c.step, metrics
+        save_best()
     record = {
-        "kind": "eval", "step": c.step, "tokens": c.tokens, "val_loss": loss, "val_bpb": bpb,
+        "kind": "eval", "step": c.step, "tokens": c.tokens, **metrics,
         "elapsed": c.train_seconds, "flops": c.flops, "final": final,
     }
     # tokens per expert of each MoE block in this rank's training steps since the last eval;
@@ -424,4 +444,4 @@ def run_loop(s: RunState) -> TrainResult:
     if s.dist.main:
         save_run_adapter(s.cfg, s.run.path, e.raw_model, c.step > 0 and loop.status != "diverged")
     return build_result(s, c, loop.status, loop.reason, e.micro_batch, est, loop.step_times,
-                        loop.data_seconds)
+                        loop.data_seconds, restored=loop.restored)

@@ -72,6 +72,21 @@ class TrainResult(BaseModel):
     prediction: dict[str, Any] | None = None
     """for a run planned from a fitted law: predicted loss (and interval) against the actual
     one"""
+    task: str = "lm"
+    """lm or classification"""
+    labels: list[str] | None = None
+    """classification: the label set, in class-id order (also data.labels of config.yaml)"""
+    val_accuracy: float | None = None
+    """classification: accuracy on the whole validation split at the last eval"""
+    val_f1: float | None = None
+    """classification: macro-F1 on the whole validation split at the last eval"""
+    monitor: str | None = None
+    """the metric early stopping and the best checkpoint followed (train.monitor)"""
+    best_eval: dict[str, Any] | None = None
+    """the best eval by `monitor`: its step and val_* metrics"""
+    restored_best: bool = False
+    """the best eval's weights were restored at the end (a classification run with
+    train.patience): the run's final checkpoint holds them"""
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -132,9 +147,22 @@ def _predicted(cfg: RunConfig, est: Any) -> dict[str, Any]:
     return predicted
 
 
+def _task_fields(cfg: RunConfig, c: Any, restored: bool) -> dict[str, Any]:
+    """task, monitor, best_eval (and for classification labels, val_accuracy, val_f1,
+    restored_best) of a run."""
+    out: dict[str, Any] = {"task": cfg.task, "monitor": cfg.train.monitor}
+    if c.best_metrics is not None:
+        out["best_eval"] = {"step": c.best_step, **c.best_metrics}
+    if cfg.task == "classification":
+        last = c.last_metrics or {}
+        out.update(labels=cfg.data.labels, val_accuracy=last.get("val_accuracy"),
+                   val_f1=last.get("val_f1"), restored_best=restored)
+    return out
+
+
 def build_result(
     s: Any, c: Any, status: str, reason: str, mb: int, est: Any,
-    step_times: list[float], data_seconds: float,
+    step_times: list[float], data_seconds: float, restored: bool = False,
 ) -> TrainResult:
     """The run's TrainResult; rank 0 writes it as result.json; the process group is closed."""
     cfg = s.cfg
@@ -158,6 +186,7 @@ def build_result(
         predicted=_predicted(cfg, est),
         measured=_measured(s.device, step_times, data_seconds),
         prediction=check_prediction(cfg.prediction, c.last_val, c.last_bpb),
+        **_task_fields(cfg, c, restored),
     )
     if s.dist.main:
         s.run.write_result(result.to_dict())

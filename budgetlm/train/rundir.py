@@ -1,7 +1,8 @@
 """The run directory: resolved config, environment, metrics, checkpoints and result.
 
 Layout (DESIGN §8):
-    config.yaml      the resolved RunConfig (runnable as is)
+    config.yaml      the resolved RunConfig (runnable as is; a classification run's label set
+                     resolved into data.labels, in class-id order)
     env.json         python/torch versions, git sha, hardware profile
     metrics.jsonl    one JSON object per log or eval line
     checkpoints/     step_XXXXXXXX.pt (last k) and best.pt, each written then renamed; written

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.config import RunConfig, with_values
-from budgetlm.data import load_corpus
+from budgetlm.data import load_corpus, t5_vocabulary
 from budgetlm.errors import UserError
+from budgetlm.train import classify
 from budgetlm.train.parallel import split_global_batch
 from budgetlm.train.rundir import RunDir, default_run_dir
 from budgetlm.train.runtime import (
@@ -47,6 +48,10 @@ class Counters:
     last_val: float | None = None
     last_bpb: float | None = None
     last_loss: float | None = None
+    best_score: float | None = None  # the best value of train.monitor (None: no eval yet)
+    best_step: int | None = None  # the step of that eval
+    best_metrics: dict[str, Any] | None = None  # that eval's val_* metrics
+    last_metrics: dict[str, Any] | None = None  # the last eval's val_* metrics
 
 
 class RunState:
@@ -86,22 +91,33 @@ class RunState:
         if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.corpus = load_corpus(
-            cfg.data, seq_len=cfg.model.seq_len, pretrained=cfg.model.from_pretrained
-        )
+        if cfg.task == "classification":  # labeled rows, the label set resolved into cfg
+            self.corpus: Any = classify.load_task(cfg)
+            cfg = classify.with_task(cfg, self.corpus)
+        else:
+            self.corpus = load_corpus(
+                cfg.data, seq_len=cfg.model.seq_len, pretrained=cfg.model.from_pretrained
+            )
         vocab = self.corpus.tokenizer.vocab_size
         self.mask_id: int | None = None
         if cfg.model.family == "bert":
             self.mask_id = vocab  # one extra id: [MASK]
             vocab += 1
+        self.first_sentinel: int | None = None
+        if cfg.model.family == "t5":  # sentinels, then the decoder start id
+            layout = t5_vocabulary(vocab, cfg.model, cfg.task)
+            self.first_sentinel, vocab = layout.first_sentinel, layout.size
         if cfg.model.from_pretrained is not None:  # the checkpoint's vocabulary stays
             if vocab > cfg.model.vocab_size:
                 raise UserError(
                     f"data.tokenizer: {cfg.data.tokenizer} has {vocab} ids, more than the "
                     f"vocabulary of model.from_pretrained ({cfg.model.vocab_size})"
                 )
-        elif cfg.model.vocab_size != vocab:
-            cfg = with_values(cfg, {"model.vocab_size": vocab})
+        else:
+            if cfg.task == "classification":  # keep a pretrained run's [MASK] and sentinel ids
+                vocab = classify.pretrained_vocab(cfg, vocab)
+            if cfg.model.vocab_size != vocab:
+                cfg = with_values(cfg, {"model.vocab_size": vocab})
         self.cfg = cfg
         self.progress = progress
         self.profile = machine_profile()

@@ -24,14 +24,14 @@ def axis_step(units: float, axis_max: int, grid: int) -> int:
 
 class PruneReporter:
     """`report(rec)` for budgetlm.runner.process: reports the eval record `rec` to the pruner
-    and returns why the trial should stop, or None. Only single-objective studies on val_bpb or
-    val_loss with a pruner report anything."""
+    and returns why the trial should stop, or None. Only single-objective studies on val_bpb,
+    val_loss or val_error (1 - the record's val_accuracy) with a pruner report anything."""
 
     def __init__(self, trial: Any, spec: StudySpec):
         self.trial = trial
         self.spec = spec
         self.target = spec.objectives[0]
-        self.enabled = not spec.multi and self.target in ("val_bpb", "val_loss") and (
+        self.enabled = not spec.multi and self.target in ("val_bpb", "val_loss", "val_error") and (
             spec.pruner.type != "none"
         )
         self.kind = spec.trial_cap.kind
@@ -41,6 +41,8 @@ class PruneReporter:
 
     def __call__(self, rec: dict[str, Any]) -> str | None:
         value = rec.get(self.target)
+        if self.target == "val_error" and rec.get("val_accuracy") is not None:
+            value = 1.0 - float(rec["val_accuracy"])
         if not self.enabled or value is None or not math.isfinite(float(value)):
             return None
         axis = rec.get(RECORD_FIELD[self.kind])

@@ -22,7 +22,9 @@ from budgetlm.runner.caps import CAP_FIELDS, TrialCap
 from budgetlm.tune.params import CategoricalParam, Param, StrictModel
 from budgetlm.tune.storage import check_storage_url
 
-Objective = Literal["val_bpb", "val_loss", "cost", "flops", "params", "seconds", "tokens", "memory"]
+Objective = Literal[
+    "val_bpb", "val_loss", "val_error", "cost", "flops", "params", "seconds", "tokens", "memory"
+]
 OBJECTIVES: tuple[str, ...] = Objective.__args__  # type: ignore[attr-defined]
 SamplerName = Literal["tpe", "random", "cmaes", "gp", "nsga2"]
 PrunerName = Literal["median", "sha", "hyperband", "none"]
@@ -101,7 +103,8 @@ class StudySpec(StrictModel):
     )
     objective: Objective | list[Objective] = Field(
         "val_bpb",
-        description="what to minimize: val_bpb, val_loss, cost (training FLOPs spent), flops, "
+        description="what to minimize: val_bpb, val_loss, val_error (classification: 1 - "
+        "validation accuracy of the model the run keeps), cost (training FLOPs spent), flops, "
         "params, seconds, tokens, memory (estimated bytes); a list makes a Pareto study",
     )
     trial_cap: TrialCap = Field(description="hard cap of each trial (and the pruning axis)")

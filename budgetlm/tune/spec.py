@@ -138,6 +138,18 @@ def _resolve_base(base: str, study_dir: Path) -> str:
     )
 
 
+def _check_objectives(spec: StudySpec, base: dict[str, Any], p: Path) -> None:
+    """Objectives the base config's task measures: val_bpb is not measured for classification
+    (use val_error or val_loss), val_error only is."""
+    task = base.get("task", "lm")
+    for o in spec.objectives:
+        if o == "val_bpb" and task == "classification":
+            raise UserError(f"{p}: objective: val_bpb is not measured for task classification; "
+                            "use val_error (1 - accuracy) or val_loss")
+        if o == "val_error" and task != "classification":
+            raise UserError(f"{p}: objective: val_error needs a base with task: classification")
+
+
 def load_study(
     path: str | Path, overrides: list[str] | None = None, storage: str | None = None
 ) -> Study:
@@ -169,4 +181,5 @@ def load_study(
         validate(base, source="data/fixed")
     except UserError as exc:
         raise UserError(f"{p}: {exc}") from None
+    _check_objectives(spec, base, p)
     return Study(spec, p, base, base_spec, storage_override=storage)

@@ -43,6 +43,7 @@ from budgetlm.tune.trials import build_trial_config, infeasible, short_params
 OBJECTIVE_FROM_RESULT = {
     "val_bpb": lambda r, a: r.get("val_bpb"),
     "val_loss": lambda r, a: r.get("val_loss"),
+    "val_error": lambda r, a: classification_error(r),
     "cost": lambda r, a: r.get("model_flops"),
     "flops": lambda r, a: r.get("model_flops"),
     "params": lambda r, a: r.get("params"),
@@ -50,6 +51,16 @@ OBJECTIVE_FROM_RESULT = {
     "tokens": lambda r, a: r.get("tokens"),
     "memory": lambda r, a: a.get("memory_estimate"),
 }
+
+
+def classification_error(result: dict[str, Any]) -> float | None:
+    """1 - validation accuracy of the model a classification run keeps: the best eval's when
+    the run restored it, else the last eval's; None for a language-model run."""
+    best = result.get("best_eval") or {}
+    acc = best.get("val_accuracy") if result.get("restored_best") else None
+    if acc is None:
+        acc = result.get("val_accuracy")
+    return None if acc is None else 1.0 - float(acc)
 
 
 STALE_CHECK_SECONDS = 120.0
@@ -151,7 +162,8 @@ class Tuner:
         # The fork server imports torch while we measure/load the profile, data and storage.
         self.launcher = make_launcher(spec.launcher, log=self.study.outdir / "forkserver.log")
         self.profile = load_profile()
-        if not any(k.startswith("data.") for k in spec.space):
+        lm = self.study.base.get("task", "lm") == "lm"
+        if lm and not any(k.startswith("data.") for k in spec.space):
             seq = None if "model.seq_len" in spec.space else self.study.base["model"]["seq_len"]
             load_corpus(DataConfig(**self.study.base["data"]), seq_len=seq)  # warm the cache
         with self.lock.hold():
