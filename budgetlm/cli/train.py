@@ -17,8 +17,8 @@ from budgetlm.errors import EXIT_INTERRUPTED
 from budgetlm.units import parse_duration, require_finite
 
 RESULT_ROWS = (
-    "status", "val_loss", "val_bpb", "val_accuracy", "val_f1", "best_val_loss", "steps", "tokens", "wall_seconds",
-    "tokens_per_s", "achieved_flops_per_s", "mfu_vs_measured_peak",
+    "status", "val_loss", "val_bpb", "val_accuracy", "val_f1", "best_val_loss", "steps",
+    "tokens", "wall_seconds", "tokens_per_s", "achieved_flops_per_s", "mfu_vs_measured_peak",
 )
 
 
