@@ -42,7 +42,6 @@ from common import append_results, machine  # noqa: E402
 SHAPE = {"n_layer": 2, "n_head": 4, "d_model": 64, "seq_len": 256}
 PRESET = {"gpt": "tiny", "bert": "bert-tiny", "t5": "t5-tiny"}
 LR = 3e-3  # every family's peak lr in pretraining and from scratch (tiny's)
-FINETUNE_LR_FRACTION = 0.3  # the planner's classification rule (plan.finetune_classify)
 
 
 def _config(family: str, task: str, source: str, seconds: float | None, threads: int | None,
@@ -116,8 +115,10 @@ def _family(family: str, work: Path, files: Any, test: str, p: float, f: float,
     d = work / family
     print(f"{family}: pretrain {p:g} s, fine-tune {f:g} s; scratch {p + f:g} s", flush=True)
     pre = _train(_config(family, "lm", str(files.txt), p, threads), d / "pretrain")
+    from budgetlm.plan.finetune_classify import classify_lr_fraction
+
     ft_cfg = _config(family, "classification", str(files.jsonl), f, threads,
-                     init_from=str(d / "pretrain"), lr=FINETUNE_LR_FRACTION * LR)
+                     init_from=str(d / "pretrain"), lr=classify_lr_fraction(family) * LR)
     ft = _train(ft_cfg, d / "finetune")
     sc = _train(_config(family, "classification", str(files.jsonl), p + f, threads),
                 d / "scratch")
@@ -148,7 +149,8 @@ def _table(rows: list[dict[str, Any]], p: float, f: float, n_test: int, majority
         f"from another seed, majority baseline {majority:.3f}. Every model: "
         f"{SHAPE['n_layer']} layers (t5: {SHAPE['n_layer']}+{SHAPE['n_layer']}), d_model "
         f"{SHAPE['d_model']}, context {SHAPE['seq_len']} bytes. Pretrain {p:g} s + fine-tune "
-        f"{f:g} s (lr {FINETUNE_LR_FRACTION:g} x {LR:g}) vs the same classifier from scratch "
+        f"{f:g} s (lr: the planner's fraction of {LR:g}, 0.3 for gpt and bert, 1 for t5: "
+        "`plan.finetune_classify`) vs the same classifier from scratch "
         f"for {p + f:g} s (lr {LR:g}), and for the fine-tune's number of steps; early stopping "
         "on validation accuracy with the best checkpoint restored (not in the equal-steps "
         "runs), scored on the test rows.",

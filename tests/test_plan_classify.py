@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from budgetlm.cli import app
 from budgetlm.config import load_config, validate
 from budgetlm.data.stories import write_stories
-from budgetlm.plan.finetune_classify import CLASSIFY_LR_FRACTION
+from budgetlm.plan.finetune_classify import classify_lr_fraction
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def test_classification_plan_prices_full_fine_tunes_of_the_run(stories: Path,
     assert out["ranking"].startswith("no loss or accuracy is predicted")
     pre = load_config(str(pretrained / "config.yaml"))
     top = out["top"]
-    assert top["lr"] == pytest.approx(CLASSIFY_LR_FRACTION * pre.optim.lr)
+    assert top["lr"] == pytest.approx(classify_lr_fraction("gpt") * pre.optim.lr)
     assert top["epochs"] <= 4
     rows = 400 - round(400 * 0.05)  # the seed-0 stratified split keeps ~95% for training
     assert abs(out["data"]["unique_tokens"] / top["seq_len"] - rows) <= 4

@@ -292,28 +292,39 @@ class T5(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        if idx.size(1) > cfg.seq_len:
-            raise ValueError(f"input of length {idx.size(1)} exceeds model.seq_len={cfg.seq_len}")
-        if targets.size(1) > cfg.decoder_seq_len:
-            raise ValueError(f"targets of length {targets.size(1)} exceed the decoder length "
-                             f"{cfg.decoder_seq_len}")
+    def encode(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoder output (B, T_in, C), cross-attention mask) of inputs `idx` (PAD_ID: padding)."""
+        if idx.size(1) > self.cfg.seq_len:
+            raise ValueError(f"input of length {idx.size(1)} exceeds model.seq_len="
+                             f"{self.cfg.seq_len}")
         pad = idx == PAD_ID  # a mask whether or not there is padding: no host sync
         enc = self.encoder(self.shared(idx.masked_fill(pad, 0)), ~pad)
         cross = ~pad[:, None, None, :]
         if self.encoder.eager:
             cross = torch.zeros(cross.shape, device=idx.device).masked_fill(
                 ~cross, torch.finfo(torch.float32).min)
+        return enc, cross
+
+    def decode(self, enc: torch.Tensor, cross: torch.Tensor, targets: torch.Tensor
+               ) -> torch.Tensor:
+        """Logits (B, T_out, V) of teacher-forced `targets` (IGNORE_INDEX: ignored) given an
+        `encode` result: the decoder reads the targets shifted right after the start id."""
+        cfg = self.cfg
+        if targets.size(1) > cfg.decoder_seq_len:
+            raise ValueError(f"targets of length {targets.size(1)} exceed the decoder length "
+                             f"{cfg.decoder_seq_len}")
         start = decoder_start_id(cfg)
         dec_in = torch.cat([targets.new_full((targets.size(0), 1), start), targets[:, :-1]], 1)
         dec_in = dec_in.masked_fill(dec_in == IGNORE_INDEX, start)
         x = self.decoder(self.shared(dec_in), enc=enc, cross_mask=cross)
         if self.lm_head is None:
-            logits = F.linear(x * cfg.d_model**-0.5, self.shared.weight)
-        else:
-            logits = self.lm_head(x)
+            return F.linear(x * cfg.d_model**-0.5, self.shared.weight)
+        return self.lm_head(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        enc, cross = self.encode(idx)
+        logits = self.decode(enc, cross, targets)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         return logits, loss

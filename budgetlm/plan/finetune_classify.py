@@ -14,8 +14,11 @@ with what differs here:
   The epochs follow Devlin et al. 2019 (BERT, §A.3: 2 to 4 epochs over the labeled set), ranked
   like the other fine-tunes by the tokens they can put to use, and the run stops early on the
   validation accuracy (`train.monitor: val_accuracy`, best checkpoint restored);
-- learning rate: `CLASSIFY_LR_FRACTION` of the pretraining peak (Devlin et al. 2019: BERT
-  pretrained at 1e-4, fine-tuned best among 5e-5, 3e-5, 2e-5).
+- learning rate: `classify_lr_fraction(family)` of the pretraining peak: 0.3 for gpt and bert
+  (Devlin et al. 2019: BERT pretrained at 1e-4, fine-tuned best among 5e-5, 3e-5, 2e-5), 1 for
+  t5 (Raffel et al. 2020 §3.1: fine-tuned at a constant 1e-3, about where its inverse-square-
+  root pretraining schedule ends; measured in benchmarks/RESULTS.md: a t5 fine-tuned at 0.3x
+  stayed at the majority class in the time a gpt or bert learned the task).
 """
 
 from __future__ import annotations
@@ -27,7 +30,22 @@ from budgetlm.config import DataConfig
 from budgetlm.errors import UserError
 from budgetlm.plan.finetune_base import PretrainedBase
 
-CLASSIFY_LR_FRACTION = 0.3  # fine-tuning lr / pretraining peak (Devlin et al. 2019: 3e-5 / 1e-4)
+# fine-tuning lr / pretraining peak lr, by family (see the module docstring)
+CLASSIFY_LR_FRACTION = {"gpt": 0.3, "bert": 0.3, "t5": 1.0}
+LR_SOURCE = {"gpt": "Devlin et al. 2019 (BERT: pretrained at 1e-4, fine-tuned best among 5e-5, "
+             "3e-5, 2e-5)", "t5": "Raffel et al. 2020 (fine-tuned at a constant 1e-3, where "
+             "its pretraining schedule ends)"}
+
+
+def classify_lr_fraction(family: str) -> float:
+    """Fine-tuning lr of a classifier / the pretraining peak lr of its `family`."""
+    return CLASSIFY_LR_FRACTION[family]
+
+
+def classify_lr_note(family: str, lr: float, source: str) -> str:
+    """Where a classification fine-tune's lr comes from, for the plan's notes."""
+    cited = LR_SOURCE.get(family, LR_SOURCE["gpt"])
+    return f"lr: {lr:.2g} = {classify_lr_fraction(family):g} x {source} ({cited})"
 SEQ_LEN_MULTIPLE = 8
 
 RANKING_RULE_CLASSIFY = (

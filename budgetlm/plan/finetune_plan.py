@@ -32,10 +32,11 @@ from budgetlm.plan.finetune import (
 )
 from budgetlm.plan.finetune_base import PretrainedBase, load_base
 from budgetlm.plan.finetune_classify import (
-    CLASSIFY_LR_FRACTION,
     RANKING_RULE_CLASSIFY,
     classification_base,
     classification_data,
+    classify_lr_fraction,
+    classify_lr_note,
     count_labeled,
     seq_len_note,
 )
@@ -196,8 +197,7 @@ def candidate_config(c: FinetuneCandidate, tgt: Target, base: PretrainedBase, da
 
 def _lr_note(ctx: FinetuneContext, task: str = "lm") -> str:
     if task == "classification":
-        return (f"lr: {ctx.lr_full:.2g} = {CLASSIFY_LR_FRACTION:g} x {ctx.lr_source} (Devlin et "
-                "al. 2019: BERT pretrained at 1e-4, fine-tuned best among 5e-5, 3e-5, 2e-5)")
+        return classify_lr_note(ctx.base.model.family, ctx.lr_full, ctx.lr_source)
     return (
         f"lr: full fine-tuning {ctx.lr_full:.2g} = {FULL_LR_FRACTION:g} x {ctx.lr_source} "
         "(Llama 2 7B: pretrained at 3e-4, Touvron et al. 2023; best fully fine-tuned near "
@@ -308,7 +308,8 @@ def plan_finetune(
         base = classification_base(base, labeled)
         counted = DataCount(classification_data(labeled), labeled.unique, labeled.val_tokens,
                             labeled.vocab, labeled.description)
-        lr_full, lens = CLASSIFY_LR_FRACTION * lr_pre, [labeled.seq_len]
+        lr_full = classify_lr_fraction(base.model.family) * lr_pre
+        lens = [labeled.seq_len]
         pairs = [(m, p) for m, p in methods_for(base.model, precs) if m.name == "full"]
         extra = [n for n in [seq_len_note(labeled, base)] if n]
     else:

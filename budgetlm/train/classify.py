@@ -164,9 +164,10 @@ def t5_label_scores(model: Any, x: Any, targets: Any) -> Any:
     """(B, K) total log-likelihood of each label's tokens `targets` (K, L) given each input of
     x (B, T): rank classification."""
     b, k = x.size(0), targets.size(0)
-    xi = x.repeat_interleave(k, dim=0)  # (B·K, T)
+    enc, cross = model.encode(x)  # the inputs are encoded once for the K labels
     ti = targets.repeat(b, 1)  # (B·K, L)
-    logits, _ = model(xi, ti)  # (B·K, L, V)
+    logits = model.decode(enc.repeat_interleave(k, dim=0), cross.repeat_interleave(k, dim=0),
+                          ti)  # (B·K, L, V)
     logp = logits.float().log_softmax(dim=-1)
     picked = logp.gather(-1, ti.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return (picked * (ti != IGNORE_INDEX)).sum(dim=-1).view(b, k)
