@@ -173,7 +173,7 @@ def test_fit_hook_replaces_the_prior() -> None:
 
 
 def test_scarce_data_plans_repeated_epochs_and_reports_them() -> None:
-    c, unique = 1.92e19, 200_000_000  # the optimum wants ~8B tokens
+    c, unique = 1.92e19, 1_000_000_000  # the optimum wants ~8B tokens: ~11 epochs, under the cap
     free = plan(Budget(flops=c)).top
     p = plan(Budget(flops=c), tokens=unique)
     top = p.top
@@ -188,6 +188,11 @@ def test_scarce_data_plans_repeated_epochs_and_reports_them() -> None:
     res = runner.invoke(app, ["plan", "--flops", "1.92e19", "--tokens", "2e8"])
     assert res.exit_code == 0, res.output
     assert "epochs" in res.output
+    # 200M tokens would take ~37 epochs: capped at 16 (Muennighoff et al.), the rest of the
+    # compute buys parameters
+    scarce = plan(Budget(flops=c), tokens=200_000_000)
+    assert scarce.max_epochs == 16 and scarce.top.epochs <= 16 * (1 + 1e-9)
+    assert scarce.top.tokens / scarce.top.params < free.tokens / free.params
 
 
 def test_data_is_counted_and_exported(tmp_path: Path, cpu_machine: object) -> None:

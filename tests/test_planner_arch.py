@@ -143,9 +143,11 @@ def test_moe_candidates_count_all_experts_in_memory_and_active_flops_in_time() -
 
 def test_arch_gpt2_plans_as_before(cpu_machine: object) -> None:
     p = plan(Budget(gpu_hours=8, gpu="h100-sxm"), arch="gpt2")
-    # tests/golden/plan-gpu-hours-h100.json before --arch existed
-    assert (p.top.name, p.top.params, p.top.tokens) == ("L15-d1152-T1024-bf16", 277842816,
-                                                        5239111680)
+    # tests/golden/plan-gpu-hours-h100.json: the gpt2 ladder, each candidate with the BPE
+    # vocabulary of its size (Tao et al. 2024; 32,768 for every candidate before, which made
+    # L15-d1152 the top)
+    assert (p.top.name, p.top.params, p.top.tokens, p.top.vocab_size) == (
+        "L18-d1152-T1024-bf16", 307046016, 4752670720, 16640)
     rungs = {(s.n_layer, s.d_model, s.n_head) for s in planner.ladder()}
     for c in p.candidates + p.infeasible:
         assert c.shape.arch == "gpt2"
@@ -156,7 +158,7 @@ def test_arch_gpt2_plans_as_before(cpu_machine: object) -> None:
             dropout=0.0, tie_embeddings=True,
         )
         assert c.active_params == c.params
-    assert p.config(0).name == "plan-L15-d1152"
+    assert p.config(0).name == "plan-L18-d1152"
     # the default: gpt2 on a CPU --time plan and for FLOPs with no GPU, llama on a GPU
     cpu = plan(Budget(seconds=600), timing=False)
     explicit = plan(Budget(seconds=600), timing=False, arch="gpt2")

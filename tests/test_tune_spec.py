@@ -288,9 +288,10 @@ def test_plots_are_self_contained_svg() -> None:
 
 
 @pytest.mark.parametrize("rc, result, stderr, state, kind, needle", [
-    (0, {"status": "completed", "stop_reason": "max_time", "val_bpb": 2.0}, "", "complete",
-     "completed", "max_time"),
-    (0, {"status": "completed", "val_bpb": None}, "", "fail", "failed", "without a finite"),
+    # a classification or t5 run has no val_bpb: a finite val_loss completes it
+    (0, {"status": "completed", "stop_reason": "max_time", "val_loss": 2.0, "val_bpb": None}, "",
+     "complete", "completed", "max_time"),
+    (0, {"status": "completed", "val_loss": None}, "", "fail", "failed", "without a finite"),
     (0, {"status": "diverged", "stop_reason": "non-finite loss at step 3"}, "", "pruned",
      "diverged", "non-finite loss"),
     (1, None, "Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried", "fail", "oom",

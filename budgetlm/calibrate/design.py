@@ -33,6 +33,7 @@ from budgetlm.plan import (
     price_candidates,
     run_config,
 )
+from budgetlm.plan.data_limited import pilots_epochs_note
 from budgetlm.plan.pricing import whole_eval_windows
 
 PLAN_SHARE = 0.85  # of the pilot budget the design fills with predicted pilot time
@@ -303,7 +304,7 @@ def design(
         lv = [c1 * r for r in ratios]
         pilots, _ = pilots_at(designer, lv, sizes, spread)
         return Design(fp, seq_len, precision, lv, pilots, time.perf_counter() - t0, None,
-                      pilot_flops, [])
+                      pilot_flops, [_epochs_note(pilots, designer)])
     pilot_s = options.fraction * budget_seconds(budget, profile)
     peak = profile.peak(precision) or profile.peak("fp32") or 1e9
     rate = peak * (0.3 if profile.device == "cpu" else 0.4)
@@ -332,7 +333,13 @@ def design(
             break
         lv = [c * f for c in lv]
     return Design(fp, seq_len, precision, lv, pilots, time.perf_counter() - t0, pilot_s, None,
-                  [])
+                  [_epochs_note(pilots, designer)])
+
+
+def _epochs_note(pilots: list[Pilot], designer: PilotDesigner) -> str:
+    """How far the pilots repeat the data, so how far a plan from their fit may
+    (`plan.data_limited`)."""
+    return pilots_epochs_note([p.tokens / max(designer.unique, 1) for p in pilots])
 
 
 def rescale_rest(designer: PilotDesigner, d: Design, level: int, spent: float,

@@ -17,7 +17,10 @@ from budgetlm.errors import UserError
 from budgetlm.plan import TIMED
 from budgetlm.plan import plan as run_plan
 from budgetlm.plan.arch import check_arch
-from budgetlm.units import format_count, short_bytes
+from budgetlm.plan.lifetime import Inference
+from budgetlm.plan.planner import TIME_AND_INFERENCE
+from budgetlm.plan.plot import write_plot
+from budgetlm.units import format_count, parse_number, short_bytes
 
 GpuHoursOpt = Annotated[
     str | None, typer.Option("--gpu-hours", metavar="H", help="GPU-hours of --gpu")
@@ -95,6 +98,24 @@ TimingOpt = Annotated[
 ]
 TimingAliasOpt = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", hidden=True)]
 TopOpt = Annotated[int, typer.Option("--top", min=1, help="rows in the ranked table")]
+InferenceTokensOpt = Annotated[
+    str | None,
+    typer.Option("--inference-tokens", metavar="N", help="tokens the model will process or "
+                 "generate over its life: rank by training + inference cost (Sardana et al.)"),
+]
+InferenceGpuOpt = Annotated[
+    str | None, typer.Option("--inference-gpu", metavar="NAME",
+                             help="GPU inference runs on (default: the training GPU)"),
+]
+InferencePriceOpt = Annotated[
+    str | None, typer.Option("--inference-price", metavar="PER_GPU_HOUR",
+                             help="price of an inference GPU-hour (default: --price)"),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", metavar="PATH", help="draw the plan: loss vs time (or cost, FLOPs), "
+                 "Pareto front, compute-optimal and 0.5x/2x points (.png or .html)"),
+]
 OutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="write the top candidate as a runnable YAML (+ .json)"),
@@ -128,6 +149,10 @@ def plan(
     output: OutputOpt = None,
     finetune: FinetuneOpt = None,
     task: TaskOpt = "lm",
+    inference_tokens: InferenceTokensOpt = None,
+    inference_gpu: InferenceGpuOpt = None,
+    inference_price: InferencePriceOpt = None,
+    plot: PlotOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Best model, batch, precision and schedule for a budget: ranked candidates, Pareto front.
@@ -135,18 +160,18 @@ def plan(
     budget = parse_budget(gpu_hours=gpu_hours, flops=flops, time_budget=time_budget, cost=cost,
                           price=price, gpu=gpu, gpus=gpus)
     budget = with_nodes(budget, nodes, interconnect, finetune is not None)
-    if task not in ("lm", "classification"):
-        raise UserError(f"--task: expected lm or classification, got {task!r}")
-    if task != "lm" and finetune is None:
-        raise UserError("--task classification: needs --finetune RUN_DIR (the pretrained run "
-                        "to fine-tune) and --data (the labeled rows)")
+    check_task(task, finetune)
     if finetune is not None:
-        given = {"--arch": arch, "--fit": fit_file, "--tokens": tokens, "--prior": prior}
+        given = {"--arch": arch, "--fit": fit_file, "--tokens": tokens, "--prior": prior,
+                 "--inference-tokens": inference_tokens, "--plot": plot}
         _plan_finetune(budget, finetune, data, tokenizer, seq_len, precision, schedule_name,
                        timing if timing is not None else timing_alias, given, top, output,
                        json_out, task)
         return
     check_arch(arch)
+    inference = inference_of(inference_tokens, inference_gpu, inference_price)
+    if inference is not None and inference.active and budget.kind == "time":
+        raise UserError(TIME_AND_INFERENCE)
     fit = load_fit_file(fit_file) if fit_file is not None else None
     n_tokens = parse_token_count(tokens)
     data_cfg = data_config(data, tokenizer)
@@ -168,11 +193,36 @@ def plan(
             schedule=schedule_name,
             timing=timing,
             arch=arch,
+            inference=inference,
         )
     finally:
         if status is not None:
             status.stop()
+    if plot is not None:
+        write_plot(result, plot)
     _show(result, print_plan, top, output, json_out)
+
+
+def check_task(task: str, finetune: Path | None) -> None:
+    """--task: lm, or classification with --finetune (a pretrained run)."""
+    if task not in ("lm", "classification"):
+        raise UserError(f"--task: expected lm or classification, got {task!r}")
+    if task != "lm" and finetune is None:
+        raise UserError("--task classification: needs --finetune RUN_DIR (the pretrained run "
+                        "to fine-tune) and --data (the labeled rows)")
+
+
+def inference_of(tokens: str | None, gpu: str | None, price: str | None) -> Inference | None:
+    """--inference-tokens/-gpu/-price as an `Inference` (None without --inference-tokens)."""
+    if tokens is None:
+        for flag, value in (("--inference-gpu", gpu), ("--inference-price", price)):
+            if value is not None:
+                raise UserError(f"{flag}: needs --inference-tokens N")
+        return None
+    return Inference(
+        tokens=parse_number(tokens, "--inference-tokens"), gpu=gpu,
+        price=parse_number(price, "--inference-price") if price is not None else None,
+    )
 
 
 def _plan_finetune(budget: Any, path: Path, data: str | None, tokenizer: str | None,

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from budgetlm.cli.root import console
 from budgetlm.plan import TIMED
+from budgetlm.plan.loss_units import RELATIVE, relative_cell
+from budgetlm.plan.marginal import marginal_line
 from budgetlm.units import format_count, format_count_fixed, short_bytes
 
 RANKED_COLUMNS = ("L×d", "N", "D", "ep", "T", "mb×acc", "prec", "lr", "time", "mem")
@@ -23,6 +25,7 @@ def print_plan(p: Any, top: int) -> None:
     """The whole plan: first line, top `top` candidates, Pareto front, optimum and notes."""
     console.print(p.first_line, highlight=False, soft_wrap=True)
     loss_column = _loss_column(p)
+    best = _relative_to(p)
     arch = getattr(p, "arch", "gpt2")
     heads = (*RANKED_COLUMNS, loss_column)
     sharded = any(c.step is not None for c in p.candidates)
@@ -31,17 +34,21 @@ def print_plan(p: Any, top: int) -> None:
     if sharded:
         shown, same = _sharded_columns(shown, p.candidates[:top], heads)
     ranked = _table(
-        f"ranked {arch} candidates (best {min(top, len(p.candidates))} of "
+        f"ranked {arch} candidates"
+        + (" by training + inference cost" if getattr(p, "lifetime", None) else "")
+        + f" (best {min(top, len(p.candidates))} of "
         f"{len(p.candidates)} feasible; N params, "
         f"{'act active, D tokens' if arch == 'moe' else 'D tokens, ep epochs'}, T seq; "
         + (f"mb×acc and mem per GPU ({p.target.devices} GPUs); par: layout (+ck: "
            f"checkpointing), comm: share of the step{same}; " if sharded else "")
         + ("† estimate only; " if any(c.estimate_only for c in p.candidates[:top]) else "")
-        + f"{p.law.kind}: predicted loss, nats/token)",
+        + (f"{p.law.kind}: predicted loss, nats/token)" if best is None else
+           f"Δ: predicted loss minus the top's, in the {p.law.name} {p.law.kind}'s nats/token, "
+           "not this corpus's)"),
         shown,
     )
     for c in p.candidates[:top]:
-        ranked.add_row(*(_cells(c, heads)[k] for k in shown))
+        ranked.add_row(*(_cells(c, heads, best)[k] for k in shown))
     console.print(ranked)
     axes = " vs ".join(a.replace("_bytes", "") for a in p.pareto_axes)
     keep = (*FRONT_COLUMNS, loss_column)
@@ -49,20 +56,23 @@ def print_plan(p: Any, top: int) -> None:
         keep = (*keep[:5], "par", *keep[5:])
     front = _table(f"Pareto front ({axes}: non-dominated)", keep)
     for c in p.front[:FRONT_ROWS]:
-        front.add_row(*(_cells(c, heads)[k] for k in keep))
+        front.add_row(*(_cells(c, heads, best)[k] for k in keep))
     console.print(front)
     console.print(_optimum_line(p), highlight=False, soft_wrap=True)
+    if getattr(p, "marginal", None):
+        rel = p.candidates[0].loss if getattr(p, "loss_shown", "absolute") == "relative" else None
+        console.print(marginal_line(p.marginal, rel), highlight=False, soft_wrap=True)
     if any(c.extrapolated for c in p.candidates[:top]):
         console.print("[dim]* outside the range the law was fitted on[/]", highlight=False)
     for note in p.notes:
         console.print(f"[dim]· {note}[/]", highlight=False, soft_wrap=True)
 
 
-def _cells(c: Any, heads: tuple[str, ...]) -> dict[str, str]:
-    """Candidate `c`'s cells by column: `plan_row` under `heads`, its active parameters, and
-    on several GPUs its layout (checkpointing there, not with the precision) and the
-    communication share of its step."""
-    row = dict(zip(heads, plan_row(c), strict=True), act=format_count(c.active_params))
+def _cells(c: Any, heads: tuple[str, ...], best: float | None = None) -> dict[str, str]:
+    """Candidate `c`'s cells by column: `plan_row` under `heads` (the loss relative to `best`
+    when given), its active parameters, and on several GPUs its layout (checkpointing there,
+    not with the precision) and the communication share of its step."""
+    row = dict(zip(heads, plan_row(c, best), strict=True), act=format_count(c.active_params))
     if c.step is not None:
         row["prec"] = c.precision + ("†" if c.estimate_only else "")
         row["par"] = c.step_model.layout.label + ("+ck" if c.checkpointing else "")
@@ -98,9 +108,20 @@ def _moe_columns(heads: tuple[str, ...]) -> tuple[str, ...]:
     return (*out[:2], "act", *out[2:])
 
 
+def _relative_to(p: Any) -> float | None:
+    """The top candidate's loss when the plan's losses are shown relative to it (a prior's, or
+    a fit of another corpus: `plan.loss_units`); None when shown as they are."""
+    if getattr(p, "loss_shown", None) == RELATIVE and p.candidates:
+        return float(p.candidates[0].loss)
+    return None
+
+
 def _loss_column(p: Any) -> str:
-    """The heading of the loss column: the law's kind, with the interval level of a fit."""
+    """The heading of the loss column: the law's kind, with the interval level of a fit; Δ
+    and the kind when the losses are relative to the top candidate's."""
     kind = p.law.kind
+    if _relative_to(p) is not None:
+        return f"Δ {kind}"
     if kind == "fit" and p.candidates and p.candidates[0].loss_lo is not None:
         lvl = float(p.law.extra.get("interval_level", 0.9))
         kind = f"fit ({lvl:.0%} interval)"
@@ -143,15 +164,17 @@ def cell_duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def plan_row(c: Any) -> list[str]:
-    """One candidate as the cells of the ranked table (RANKED_COLUMNS, then the loss)."""
+def plan_row(c: Any, best: float | None = None) -> list[str]:
+    """One candidate as the cells of the ranked table (RANKED_COLUMNS, then the loss; with
+    `best`, the loss minus `best` and no interval: `plan.loss_units`)."""
     mant, exp = f"{c.lr:.1e}".split("e")
     batch = f"{c.micro_batch}×{c.grad_accum}" + (f"×{c.devices}" if c.devices > 1 else "")
     when = cell_duration(c.seconds)
     if c.time_source == TIMED and c.seconds is not None:
         when += "ᵗ"
-    loss = f"{c.loss:.3f}" + ("*" if c.extrapolated else "")
-    if c.loss_lo is not None:
+    loss = (f"{c.loss:.3f}" if best is None else relative_cell(c.loss, best)) + (
+        "*" if c.extrapolated else "")
+    if c.loss_lo is not None and best is None:
         loss += f" ({c.loss_lo:.3f}–{c.loss_hi:.3f})"
     return [
         f"{c.shape.n_layer}×{c.shape.d_model}",

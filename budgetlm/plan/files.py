@@ -211,8 +211,65 @@ class CandidateRecord(Record):
         )
 
 
+class MarginalRecord(Record):
+    """The best predicted loss at `scale` x the plan's compute (`plan.marginal`: the law's
+    compute-optimal frontier, not a re-plan)."""
+
+    omitted_when_none = frozenset({"loss_lo", "loss_hi"})
+
+    scale: float = Field(description="multiple of the top candidate's compute (0.5, 1, 2, 4)")
+    budget: float = Field(description="the budget scaled, in its own unit (budget.kind)")
+    flops: float = Field(description="model FLOPs at this scale")
+    params: float = Field(description="parameters the frontier picks (as the law counts them)")
+    tokens: float = Field(description="training tokens it picks")
+    epochs: float = Field(description="passes over the unique data")
+    loss: float = Field(description="predicted loss, the top's context heuristic included")
+    loss_lo: float | None = Field(None, description="lower end of a fit's interval")
+    loss_hi: float | None = Field(None, description="upper end of a fit's interval")
+    gain: float = Field(description="loss at 1x minus loss here (positive: better)")
+
+
+class LifetimeRow(Record):
+    """One candidate's training and inference cost (`plan.lifetime`)."""
+
+    name: str
+    params: float = Field(description="parameters (as the law counts them)")
+    tokens: int = Field(description="training tokens")
+    tokens_per_param: float
+    loss: float = Field(description="predicted loss")
+    training_flops: float
+    inference_flops: float = Field(description="forward model FLOPs x inference tokens")
+    training_gpu_hours: float | None = Field(description="device-hours of training")
+    inference_gpu_hours: float | None = Field(description="device-hours of inference (at the "
+                                              "training MFU on the inference GPU)")
+    training_cost: float | None = Field(description="training_gpu_hours x training price")
+    inference_cost: float | None = Field(description="inference_gpu_hours x inference price")
+    lifetime: float = Field(description="training + inference, in the record's unit")
+
+
+class LifetimeRecord(Record):
+    """Training + inference cost at the training-only top's loss (Sardana et al. 2024)."""
+
+    source: str
+    inference_tokens: float = Field(description="tokens served over the model's life")
+    inference_gpu: str | None = Field(description="GPU inference is priced on (null: the "
+                                      "training device)")
+    training_price: float | None = Field(description="price per GPU-hour of training")
+    inference_price: float | None = Field(description="price per GPU-hour of inference")
+    unit: str = Field(description="FLOPs, GPU-hours or cost: what `lifetime` is counted in")
+    target_loss: float = Field(description="the training-only top's predicted loss")
+    chosen: LifetimeRow = Field(description="the candidate of lowest lifetime cost (the top)")
+    training_only: LifetimeRow = Field(description="the training-only top candidate")
+    saving: float = Field(description="1 - chosen.lifetime / training_only.lifetime")
+    law_optimum: dict[str, float] = Field(description="the law's continuous lifetime optimum "
+                                          "(params, tokens, tokens_per_param) and the "
+                                          "training-only top's params and tokens")
+
+
 class PlanFile(Record):
     """plan.json: every candidate of a plan, ranked, with the budget and the law behind it."""
+
+    omitted_when_none = frozenset({"lifetime"})
 
     interpretation: str = Field(description="the budget interpreted, in one line")
     arch: str = Field(description="recipe of the candidates: gpt2, llama or moe")
@@ -220,6 +277,12 @@ class PlanFile(Record):
     device: DeviceRecord
     law: dict[str, Any] = Field(description="the loss law the candidates are ranked by")
     loss_kind: str = Field(description="prior or fit: whose nats/token the losses are in")
+    loss_unit: str = Field("", description="whose nats/token `loss` is in, and from which law")
+    loss_shown: str = Field("relative", description="absolute (a fit for this corpus and "
+                            "tokenizer: the table shows the loss) or relative (the table shows "
+                            "only the difference from the top candidate)")
+    max_epochs: float | None = Field(None, description="the most passes over the unique data "
+                                     "a candidate may take (null: unlimited data)")
     loss_rule: dict[str, Any] | None = Field(
         None, description="moe: how an MoE's loss comes from the dense law (kind: rule, not a "
         "fit; params: the parameter count the law is evaluated at)")
@@ -233,6 +296,11 @@ class PlanFile(Record):
     pareto: list[CandidateRecord] = Field(description="candidates no other beats on every axis")
     timed: list[str] = Field(description="candidates whose steps were timed on this machine")
     notes: list[str] = Field(description="what the numbers mean and rest on")
+    marginal: list[MarginalRecord] = Field(
+        default_factory=list, description="best predicted loss at 0.5x, 1x, 2x and 4x the "
+        "compute, with the shape each would pick (the law's compute-optimal frontier)")
+    lifetime: LifetimeRecord | None = Field(None, description="training + inference cost "
+                                            "(--inference-tokens; left out without)")
     elapsed_s: float = Field(description="seconds the planning took")
 
     @classmethod
@@ -253,6 +321,9 @@ class PlanFile(Record):
             ),
             law=p.law.to_dict(),
             loss_kind=p.law.kind,
+            loss_unit=p.loss_unit,
+            loss_shown=p.loss_shown,
+            max_epochs=p.max_epochs,
             loss_rule=p.loss_rule,
             data=DataRecord(
                 source=p.data.source if p.data_given else None, tokenizer=p.data.tokenizer,
@@ -267,5 +338,7 @@ class PlanFile(Record):
             pareto=[CandidateRecord.of(c) for c in p.front],
             timed=p.timed,
             notes=p.notes,
+            marginal=[MarginalRecord(**r) for r in p.marginal],
+            lifetime=LifetimeRecord(**p.lifetime) if p.lifetime else None,
             elapsed_s=p.elapsed_s,
         )

@@ -304,14 +304,9 @@ def plan_finetune(
         if tokenizer is not None or seq_lens:
             raise UserError("--tokenizer/--seq-len: a classification plan uses the run's "
                             "tokenizer and its longest training text")
-        labeled = count_labeled(data, base)
-        base = classification_base(base, labeled)
-        counted = DataCount(classification_data(labeled), labeled.unique, labeled.val_tokens,
-                            labeled.vocab, labeled.description)
+        base, counted, lens, extra = _classification_setup(base, data)
         lr_full = classify_lr_fraction(base.model.family) * lr_pre
-        lens = [labeled.seq_len]
         pairs = [(m, p) for m, p in methods_for(base.model, precs) if m.name == "full"]
-        extra = [n for n in [seq_len_note(labeled, base)] if n]
     else:
         counted = count_data(data, tokenizer, base)
         lr_full = FULL_LR_FRACTION * lr_pre
@@ -346,6 +341,17 @@ def plan_finetune(
         lr_source=lr_source, seed=seed, elapsed_s=time.perf_counter() - t0,
         timed=[c.name for c in ranked if c.time_source == TIMED], task=task, ranking=ranking,
     )
+
+
+def _classification_setup(base: PretrainedBase, data: str
+                          ) -> tuple[PretrainedBase, DataCount, list[int], list[str]]:
+    """(the base as a classifier, the labeled rows counted, the one seq_len priced, notes) of
+    a classification fine-tune (`plan.finetune_classify`)."""
+    labeled = count_labeled(data, base)
+    base = classification_base(base, labeled)
+    counted = DataCount(classification_data(labeled), labeled.unique, labeled.val_tokens,
+                        labeled.vocab, labeled.description)
+    return base, counted, [labeled.seq_len], [n for n in [seq_len_note(labeled, base)] if n]
 
 
 def _ranked(setups: list[FinetuneCandidate], no_fit: list[FinetuneCandidate],

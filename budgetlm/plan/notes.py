@@ -20,7 +20,8 @@ def fit_note(law: laws.LossLaw, data: DataConfig, data_given: bool) -> str:
     if fdata and (not data_given or fdata.get("source") != data.source
                   or fdata.get("tokenizer") != data.tokenizer):
         out += (f"; the fit is for {fdata.get('source')} ({fdata.get('tokenizer')}): pass the "
-                "same --data and --tokenizer for its predictions to apply")
+                "same --data and --tokenizer for its predictions to apply (until then the table "
+                "shows Δ, the difference from the top candidate)")
     return out
 
 
@@ -31,7 +32,9 @@ def _loss_note(ctx: PlanContext, data: DataConfig, data_given: bool) -> str:
         return fit_note(law, data, data_given) + rule
     return (
         f"loss: {law.kind} ({law.source}); nats/token on that law's data and tokenizer, not "
-        "this corpus's: compare candidates with it, do not read it as this corpus's loss"
+        "this corpus's, so the table shows only Δ, each candidate's loss minus the top's "
+        "(the absolute figure, with its unit, is in --json; `budgetlm calibrate` fits a law "
+        "for this corpus whose losses are shown as they are)"
         + ("" if ctx.ref_seq is None else
            f"; includes a context-length heuristic relative to T={ctx.ref_seq}")
         + rule

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,17 @@ from budgetlm.plan.arch import (
     describe_arch,
 )
 from budgetlm.plan.budget import Budget, Target, resolve_target
+from budgetlm.plan.data_limited import (
+    capped_optimal,
+    data_limit_note,
+    regularization_note,
+    repetition_cap,
+)
 from budgetlm.plan.files import PlanFile
 from budgetlm.plan.ladder import LADDER_SPAN, Shape
+from budgetlm.plan.lifetime import Inference, lifetime_notes, lifetime_plan
+from budgetlm.plan.loss_units import loss_shown, loss_unit
+from budgetlm.plan.marginal import marginal
 from budgetlm.plan.notes import plan_notes, size_limit_note, why_nothing
 from budgetlm.plan.parallel import comm_notes, price_sharded
 from budgetlm.plan.pareto import pareto
@@ -36,8 +45,13 @@ from budgetlm.plan.pricing import (
 )
 from budgetlm.plan.recipe import predicted, run_config
 from budgetlm.plan.timing import TIMING_SECONDS, busy_note, time_and_rescale
+from budgetlm.plan.vocab import vocab_note
 from budgetlm.units import write_json
 
+TIME_AND_INFERENCE = (
+    "--inference-tokens: a --time budget fixes how long this machine trains, and the lifetime "
+    "optimum trains longer than the training-only plan (Sardana et al. 2023); plan it with "
+    "--gpu-hours, --flops or --cost")
 DEFAULT_GPU_VOCAB = 32768  # a 32k BPE when no data is given (Chinchilla used a 32k vocabulary)
 REFERENCE_SEQ_LEN = {"chinchilla": 2048, "epoch": 2048, "kaplan": 1024}  # of the priors' data
 
@@ -66,6 +80,19 @@ class Plan:
     seed: int = 0
     elapsed_s: float = 0.0
     arch: str = "gpt2"
+    max_epochs: float | None = None  # the repetition cap (`plan.data_limited`)
+    marginal: list[dict[str, Any]] = field(default_factory=list)  # `plan.marginal`
+    lifetime: dict[str, Any] | None = None  # `plan.lifetime` (inference tokens given)
+
+    @property
+    def loss_shown(self) -> str:
+        """"absolute" (a fit for this corpus) or "relative" (Δ vs the top; `plan.loss_units`)."""
+        return loss_shown(self.law, self.data, self.data_given)
+
+    @property
+    def loss_unit(self) -> str:
+        """Whose nats/token the losses are in."""
+        return loss_unit(self.law, self.data, self.data_given)
 
     @property
     def loss_rule(self) -> dict[str, Any] | None:
@@ -174,10 +201,11 @@ def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
 
 
 def _window(law: laws.LossLaw, tgt: Target, precs: list[str], unique: int | None,
-            arch: str) -> list[Shape]:
-    """Rungs within LADDER_SPAN of the rough compute-optimal size (held inside the ladder, so a
-    budget beyond its ends prices its largest or smallest rungs)."""
-    n_opt, _ = laws.data_constrained_optimal(law, rough_compute(tgt, precs), unique)
+            arch: str, max_epochs: float | None = None) -> list[Shape]:
+    """Rungs within LADDER_SPAN of the rough compute-optimal size, repetitions capped at
+    `max_epochs` (held inside the ladder, so a budget beyond its ends prices its largest or
+    smallest rungs)."""
+    n_opt, _ = capped_optimal(law, rough_compute(tgt, precs), unique, max_epochs)
     rungs = arch_ladder(arch)
     n = min(max(n_opt, rungs[0].approx_params), rungs[-1].approx_params)
     return [s for s in rungs if n / LADDER_SPAN <= s.approx_params <= n * LADDER_SPAN]
@@ -222,7 +250,7 @@ def _candidates(law: laws.LossLaw, ctx: PlanContext, precs: list[str],
     """(priced candidates that fit, those that do not, whether the window around the optimum
     held nothing that fits one device so the largest shapes that fit were priced instead).
     The smallest rung is always priced (so "too small" names the smallest model)."""
-    window = _window(law, ctx.target, precs, ctx.unique, ctx.arch)
+    window = _window(law, ctx.target, precs, ctx.unique, ctx.arch, ctx.max_epochs)
     setups, no_fit = _price(window, precs, seq_lens, ctx)
     fell_back = False
     if window and not setups and ctx.target.memory_strict:
@@ -247,6 +275,14 @@ def _finish_all(setups: list[Candidate],
     return ok[runnable:runnable + 1] + ok[:runnable] + ok[runnable + 1:], bad
 
 
+def _finish_timed(setups: list[Candidate],
+                  ctx: PlanContext) -> tuple[list[Candidate], list[Candidate], float]:
+    """`_finish_all`, and the seconds it took."""
+    t = time.perf_counter()
+    ranked, too_small = _finish_all(setups, ctx)
+    return ranked, too_small, time.perf_counter() - t
+
+
 def _time_runnable(setups: list[Candidate], ranked: list[Candidate], ctx: PlanContext,
                    top: int) -> list[str]:
     """`time_and_rescale` over the candidates the trainer can run (fp8 has no trainer path)."""
@@ -254,7 +290,8 @@ def _time_runnable(setups: list[Candidate], ranked: list[Candidate], ctx: PlanCo
                             [c for c in ranked if not c.estimate_only], ctx, top)
 
 
-def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None) -> dict[str, Any]:
+def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None,
+             max_epochs: float | None = None) -> dict[str, Any]:
     """The law's compute-optimal allocations at the top candidate's compute."""
     n_top, d_top = law.optimal(max(top.flops, 1.0))
     optimum: dict[str, Any] = {
@@ -266,7 +303,7 @@ def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None) -> dict[str,
                           "tokens": top.tokens},
     }
     if unique is not None:
-        n_dc, d_dc = laws.data_constrained_optimal(law, max(top.flops, 1.0), unique)
+        n_dc, d_dc = capped_optimal(law, max(top.flops, 1.0), unique, max_epochs)
         optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
                                        "epochs": laws.epochs(d_dc, unique)}
     return optimum
@@ -278,11 +315,24 @@ def _optimal_params(optimum: dict[str, Any]) -> float:
 
 
 def _context(law: laws.LossLaw, tgt: Target, info: DataInfo, optimizer: str, family: str,
-             arch: str) -> PlanContext:
-    """What pricing needs besides the shapes; the law's reference sequence length included."""
+             arch: str, fit: dict[str, Any] | None = None) -> PlanContext:
+    """What pricing needs besides the shapes; the law's reference sequence length included;
+    the repetition cap of limited data (`plan.data_limited`, from the law and `fit`'s pilots).
+    A prior plans a BPE's vocabulary per candidate (`laws.vocabulary`); a fit is for its
+    pilots' tokenizer as it was."""
     ref_seq = law.extra.get("seq_len") if law.kind == "fit" else REFERENCE_SEQ_LEN.get(law.name)
+    cap, why = repetition_cap(law, fit)
     return PlanContext(tgt, law, info.unique, info.vocab, info.val_tokens, optimizer, family,
-                       ref_seq, arch)
+                       ref_seq, arch, max_epochs=cap if info.unique is not None else None,
+                       max_epochs_why=why,
+                       choose_vocab=info.config.tokenizer == "bpe" and law.kind != "fit")
+
+
+def _data_notes(ranked: list[Candidate], ctx: PlanContext) -> list[str | None]:
+    """What the corpus limits (`plan.data_limited`) and the vocabulary chosen (`plan.vocab`)."""
+    top = ranked[0]
+    return [data_limit_note(top, ctx, ctx.max_epochs_why), regularization_note(top),
+            vocab_note(top)]
 
 
 def _notes(top: Candidate, ctx: PlanContext, info: DataInfo, timed: list[str],
@@ -318,6 +368,25 @@ def _fitted_defaults(
     return seq_lens, precisions, arch
 
 
+def _beyond_budget(ranked: list[Candidate], setups: list[Candidate], ctx: PlanContext,
+                   precs: list[str], seq_lens: list[int] | None, budget: Budget,
+                   inference: Inference | None) -> tuple[list[Candidate], dict[str, Any]]:
+    """The marginal value of compute at the training-only top's FLOPs (`plan.marginal`), and
+    with inference tokens the candidates re-ranked by lifetime cost (`plan.lifetime`)."""
+    top = ranked[0]
+    if inference is not None and inference.active and ctx.target.kind == "time":
+        raise UserError(TIME_AND_INFERENCE)
+    extra: dict[str, Any] = {
+        "marginal": marginal(ctx.law, top.flops, ctx.unique, top.context_adjustment, budget),
+        "lifetime": None,
+    }
+    if inference is not None and inference.active:
+        ranked, record = lifetime_plan(ranked, setups, ctx, inference, budget.price,
+                                       lambda shapes: _price(shapes, precs, seq_lens, ctx)[0])
+        extra["lifetime"] = record or None
+    return ranked, extra
+
+
 def plan(
     budget: Budget,
     data: DataConfig | None = None,
@@ -335,6 +404,7 @@ def plan(
     timing_top: int = 3,
     spend_planning: bool = False,
     arch: str | None = None,
+    inference: Inference | None = None,
 ) -> Plan:
     """Rank candidate configurations for `budget`; see the package docstring.
 
@@ -345,7 +415,7 @@ def plan(
     timing: time real steps of the best few candidates (--time budgets only; default on for
     those when this machine's profile is used and the budget is longer than the timing,
     TIMING_SECONDS; a budget the estimates say buys nothing is refused before any timing);
-    timing_top: how many are timed exactly.
+    timing_top: how many are timed exactly. inference: tokens served, `plan.lifetime`.
     arch: the recipe of the candidates, gpt2, llama or moe (`budgetlm.plan.arch`); default llama
     on a GPU, gpt2 on a CPU and for a FLOP budget with no GPU (and the pilots' recipe for a
     fitted law).
@@ -359,15 +429,13 @@ def plan(
     seq_lens, precisions, arch = _fitted_defaults(law, seq_lens, precisions, arch)
     tgt = resolve_target(budget, profile)
     info = data_info(data, tokens, tgt)
-    ctx = _context(law, tgt, info, optimizer, family, arch or default_arch(tgt.device))
+    ctx = _context(law, tgt, info, optimizer, family, arch or default_arch(tgt.device), fit)
     arch = ctx.arch
     precs = precisions_for(tgt, precisions)
     if not precs:
         raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
     setups, infeasible, fell_back = _candidates(law, ctx, precs, seq_lens)
-    t_finish = time.perf_counter()
-    ranked, too_small = _finish_all(setups, ctx)
-    t_finish = time.perf_counter() - t_finish
+    ranked, too_small, t_finish = _finish_timed(setups, ctx)
     timed: list[str] = []
     busy = None
     # timing steps is not worth more than the run itself: a short budget is priced untimed
@@ -385,16 +453,17 @@ def plan(
     infeasible += too_small
     if not ranked:
         raise UserError(why_nothing(budget, tgt, infeasible))
+    ranked, extra = _beyond_budget(ranked, setups, ctx, precs, seq_lens, budget, inference)
     axes = ("loss", "seconds", "memory_bytes") if tgt.kind == "flops" else ("loss", "memory_bytes")
-    optimum = _optimum(law, ranked[0], info.unique)
+    optimum = _optimum(law, ranked[0], info.unique, ctx.max_epochs)
     notes = _notes(ranked[0], ctx, info, timed, busy, short, ranked)
     limit = size_limit_note(ranked[0], _optimal_params(optimum), tgt, law, infeasible, fell_back)
-    notes += [limit] if limit else []
+    notes += [n for n in (limit, *_data_notes(ranked, ctx)) if n]
     return Plan(
         budget=budget, target=tgt, law=law, data=info.config, data_given=info.given,
-        unique_tokens=info.unique, vocab_size=info.vocab, candidates=ranked,
+        unique_tokens=info.unique, vocab_size=ranked[0].vocab_size, candidates=ranked,
         infeasible=infeasible, front=pareto(ranked, axes), pareto_axes=axes,
-        optimum=optimum, notes=notes, timed=timed,
+        optimum=optimum, notes=notes + lifetime_notes(extra["lifetime"]), timed=timed,
         optimizer=optimizer, schedule=schedule, family=family, seed=seed,
-        elapsed_s=time.perf_counter() - t0, arch=arch,
+        elapsed_s=time.perf_counter() - t0, arch=arch, max_epochs=ctx.max_epochs, **extra,
     )

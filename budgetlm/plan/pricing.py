@@ -20,8 +20,10 @@ from budgetlm.estimate import (
     memory_phase_totals,
     model_flops_per_token,
 )
+from budgetlm.laws.vocabulary import optimal_vocab
 from budgetlm.plan.arch import inactive_params, model_config
 from budgetlm.plan.budget import Target
+from budgetlm.plan.data_limited import capped_tokens
 from budgetlm.plan.files import CandidateRecord
 from budgetlm.plan.ladder import Shape
 from budgetlm.plan.precision import FP8, compute_time, estimate_only, estimator_precision
@@ -87,6 +89,8 @@ class Candidate:
     reshard_after_forward: bool | None = None
     step_model: Any = field(default=None, repr=False)  # a step's price at (micro-batch, accum)
     step: Any = field(default=None, repr=False)  # that price at this candidate's batch
+    capped: bool = False  # its tokens held at the repetition cap (`plan.data_limited`)
+    vocab_chosen: bool = False  # vocab_size from the vocabulary law (the exported BPE's size)
 
     def __post_init__(self) -> None:
         if not self.active_params:
@@ -129,6 +133,9 @@ class PlanContext:
     family: str
     ref_seq: int | None  # the sequence length the law's losses are for (context heuristic)
     arch: str = "gpt2"  # the recipe candidates are built with (`plan.arch`)
+    max_epochs: float | None = None  # the repetition cap (`plan.data_limited`); None: none
+    max_epochs_why: str = ""  # where that cap comes from, in words
+    choose_vocab: bool = False  # a BPE's size per candidate (`laws.vocabulary`), not `vocab`
     # (precision, layout) -> (ladder size, sequence length) of the models whose micro-batch 1
     # did not fit one GPU in that layout (`plan.parallel`): a larger model at a longer
     # sequence does not fit either
@@ -180,13 +187,23 @@ def price_each(shape: Shape, seq_len: int, precisions: list[str], ctx: PlanConte
                price_one: Any) -> list[Candidate]:
     """`price_one(shape, model, precision, ctx)` for each precision of (shape, T); a precision it
     answers None for (no peak for it on this GPU) is left out."""
+    if ctx.choose_vocab:
+        ctx = replace(ctx, vocab=candidate_vocab(shape, seq_len, ctx))
     m = model_config(shape, seq_len, ctx.vocab, ctx.family)
     out: list[Candidate] = []
     for precision in precisions:
         c = price_one(shape, m, precision, ctx)
         if c is not None:
+            c.vocab_chosen = ctx.choose_vocab
             out.append(c)
     return out
+
+
+def candidate_vocab(shape: Shape, seq_len: int, ctx: PlanContext) -> int:
+    """The compute-optimal BPE vocabulary of `shape` (Tao et al. 2024: from its non-vocabulary
+    parameters and width; `laws.vocabulary`)."""
+    n_nv = count_params(model_config(shape, seq_len, ctx.vocab, ctx.family)).non_embedding
+    return optimal_vocab(n_nv, shape.d_model)
 
 
 def affine_memory(base: RunConfig, precision: str | None, checkpointing: bool | None,
@@ -265,6 +282,10 @@ def finish_candidate(c: Candidate, ctx: PlanContext) -> Candidate:
     if c.step_model is not None:
         _settle_step(c, ctx)
     tokens, eval_overhead = _tokens_in_budget(c, ctx)
+    held = capped_tokens(tokens, ctx)
+    c.capped = held < tokens
+    if c.capped:  # the corpus, not the budget, ends the run
+        tokens = held
     c.tokens = int(tokens)
     compute = c.flops_per_token * tokens
     _batch_from_prior(c, tokens, compute, tgt)

@@ -28,6 +28,7 @@ from budgetlm.errors import UserError
 from budgetlm.estimate import training_flops_per_token
 from budgetlm.plan.arch import MOE_LOSS_RULE
 from budgetlm.plan.budget import Budget, Target
+from budgetlm.plan.data_limited import dropout_for, patience_for
 from budgetlm.plan.precision import ESTIMATE_ONLY
 from budgetlm.plan.pricing import TIME_EVALS, Candidate, model_config
 
@@ -69,14 +70,19 @@ def train_config(c: Candidate, target: Target, *, eval_interval: int | None = No
     }
     if target.kind == "time":
         train["max_time"] = float(target.wall_seconds)  # type: ignore[arg-type]
-        train["eval_time_interval"] = float(target.wall_seconds) / TIME_EVALS  # type: ignore
+        # a run the repetition cap ends early: its tokens as a second cap, evaluated as often
+        span = float(c.seconds if c.capped and c.seconds else target.wall_seconds)  # type: ignore
+        train["eval_time_interval"] = span / TIME_EVALS
         train["eval_interval"] = max(1, c.steps)
         train["eval_tokens"] = c.eval_tokens
+        if c.capped:
+            train["max_tokens"] = int(c.tokens)
     else:
         train["max_tokens"] = int(c.tokens)
         train["eval_interval"] = max(1, c.steps // 20)
         if c.steps >= 2000 and checkpoints:
             train["checkpoint_interval"] = max(1, c.steps // 10)
+    train["patience"] = patience_for(c.epochs)  # early stopping when the data repeats
     if c.parallel is not None:  # several GPUs: the layout the plan priced
         train["parallel"] = c.parallel
         if c.reshard_after_forward is not None:
@@ -156,10 +162,14 @@ def run_config(
             "interpretation": target.first_line,
             "predicted": predicted(c, law=law, unique_tokens=unique_tokens, target=target),
         }
+    model = model_config(c.shape, c.seq_len, c.vocab_size, family).model_copy(
+        update={"dropout": dropout_for(c.epochs)})  # regularized when the data repeats
+    if c.vocab_chosen and data.tokenizer == "bpe":  # the BPE trained at the planned size
+        data = data.model_copy(update={"bpe_vocab_size": c.vocab_size})
     return RunConfig(
         name=name or f"plan-{c.shape.name}" + ("" if c.shape.arch == "gpt2"
                                                 else f"-{c.shape.arch}"),
-        seed=seed, model=model_config(c.shape, c.seq_len, c.vocab_size, family),
+        seed=seed, model=model,
         optim=optim_config(c, optimizer), schedule=schedule_config(c, schedule), data=data,
         train=train_config(c, target, **train_options), meta=meta,
     )
