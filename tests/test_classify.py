@@ -353,3 +353,20 @@ def test_resume_a_classification_run(stories: Any, tmp_path: Path) -> None:
     assert r.steps == 9 and r.labels == first.labels
     steps = [m["step"] for m in RunDir(run).read_metrics() if m["kind"] == "eval"]
     assert steps == [3, 6, 9]
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["train.monitor=val_accuracy"], "train.monitor: val_accuracy needs task: classification"),
+    (["model.target_len=4"], "target_len applies to family t5 only"),
+    (["task=classification", "finetune.method=lora"], "classification trains full"),
+    (["task=regression"], "task"),
+    (["model.pooling=max"], "model.pooling"),
+    (["train.monitor_mode=up"], "train.monitor_mode"),
+])
+def test_bad_task_settings_exit_2_with_one_line(sets: list[str], needle: str,
+                                                tmp_path: Path) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    res = runner.invoke(app, ["train", "tiny", "--max-steps", "1", "--run-dir",
+                              str(tmp_path / "run"), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and len(res.output.strip().splitlines()) == 1, res.output

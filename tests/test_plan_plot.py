@@ -83,3 +83,9 @@ def test_cli_plot_writes_the_file(tmp_path: Path) -> None:
     res = runner.invoke(app, ["plan", "--flops", "1e19", "--plot", str(out)])
     assert res.exit_code == 0, res.output
     assert out.exists() and "compute-optimal" in out.read_text()
+
+
+def test_a_plot_name_without_png_or_html_is_one_line(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["plan", "--flops", "1e19", "--plot", str(tmp_path / "plan.txt")])
+    assert res.exit_code == 2 and "expected a .png or .html file name" in res.output
+    assert len(res.output.strip().splitlines()) == 1
