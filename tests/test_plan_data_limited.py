@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import fake_cpu_profile
 
-from budgetlm import hardware, laws
+from budgetlm import laws
 from budgetlm.plan import Budget, plan
 from budgetlm.plan.data_limited import (
     DROPOUT_MANY_EPOCHS,
@@ -22,18 +23,10 @@ from budgetlm.plan.data_limited import (
     repetition_cap,
 )
 
-GiB = 2**30
 UNIQUE = 1_000_000
 MINUTES = (3, 20, 60)
 
 
-def _fake_cpu() -> hardware.HardwareProfile:
-    return hardware.HardwareProfile(
-        cpu_model="fake CPU", cpu_cores=2, memory_bytes=16 * GiB, gpus=[], device="cpu",
-        matmul_flops={"fp32": 5e10}, bandwidth_bytes_per_s=None, measured=True, datasheet=None,
-        device_memory_bytes=16 * GiB, gpu_count=0, created_at="2024-01-01T00:00:00Z",
-        torch_version=None, python_version="3.11",
-    )
 
 
 def _fit(pilot_epochs: float) -> dict[str, Any]:
@@ -54,7 +47,7 @@ LAWS = {"prior": None, "fit-fresh": _fit(0.3), "fit-repeated": _fit(40.0)}
 
 @pytest.fixture(scope="module")
 def plans() -> dict[tuple[str, int], Any]:
-    prof = _fake_cpu()
+    prof = fake_cpu_profile(bf16=None)
     return {(k, m): plan(Budget(seconds=60 * m), tokens=UNIQUE, fit=fit, profile=prof,
                          timing=False)
             for k, fit in LAWS.items() for m in MINUTES}
@@ -87,7 +80,8 @@ def test_plans_never_exceed_the_repetition_cap(plans: dict, kind: str) -> None:
 
 
 def test_a_budget_beyond_the_corpus_says_so(plans: dict) -> None:
-    small = plan(Budget(seconds=3600), tokens=100_000, profile=_fake_cpu(), timing=False)
+    small = plan(Budget(seconds=3600), tokens=100_000, profile=fake_cpu_profile(bf16=None),
+                 timing=False)
     for p in (small, plans[("fit-fresh", 20)], plans[("fit-fresh", 60)],
               plans[("fit-repeated", 60)]):
         assert any(c.capped for c in p.candidates)
@@ -113,7 +107,8 @@ def test_repeating_plans_regularize_and_stop_early(plans: dict) -> None:
     assert cfg.optim.weight_decay == 0.1
     assert cfg.train.patience == PATIENCE_REPEATING
     assert any(n.startswith("repeats:") and "dropout" in n for n in p.notes)
-    fresh = plan(Budget(seconds=180), profile=_fake_cpu(), timing=False)  # unlimited data
+    # unlimited data
+    fresh = plan(Budget(seconds=180), profile=fake_cpu_profile(bf16=None), timing=False)
     assert fresh.top.epochs == 1.0
     cfg = fresh.config(0)
     assert cfg.model.dropout == 0.0 and cfg.train.patience is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fakes import fake_cpu_profile, use_profile
 from typer.testing import CliRunner
 
 from budgetlm import hardware, laws
@@ -14,21 +15,12 @@ from budgetlm.plan.files import PlanFile
 from budgetlm.plan.marginal import SCALES, marginal
 
 runner = CliRunner()
-GiB = 2**30
 
 
 @pytest.fixture
 def cpu_machine(monkeypatch: pytest.MonkeyPatch) -> hardware.HardwareProfile:
     """This machine as a fake measured CPU profile (no measuring, no torch)."""
-    prof = hardware.HardwareProfile(
-        cpu_model="fake CPU", cpu_cores=2, memory_bytes=16 * GiB, gpus=[], device="cpu",
-        matmul_flops={"fp32": 5e10, "bf16": 5e9}, bandwidth_bytes_per_s=None, measured=True,
-        datasheet=None, device_memory_bytes=16 * GiB, gpu_count=0,
-        created_at="2024-01-01T00:00:00Z", torch_version=None, python_version="3.11",
-    )
-    monkeypatch.setattr(hardware, "cached_profile", lambda: prof)
-    monkeypatch.setattr(hardware, "load_profile", lambda *a, **k: prof)
-    return prof
+    return use_profile(monkeypatch, fake_cpu_profile())
 
 
 def _check(rows: list[dict], top_flops: float) -> None:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes import fake_cpu_profile, use_profile
 from typer.testing import CliRunner
 
 from budgetlm import hardware
@@ -17,23 +18,13 @@ from budgetlm.plan import Budget, plan
 from budgetlm.plan.loss_units import ABSOLUTE, RELATIVE, relative_cell
 
 runner = CliRunner()
-GiB = 2**30
 
 
-def _fake_cpu() -> hardware.HardwareProfile:
-    return hardware.HardwareProfile(
-        cpu_model="fake CPU", cpu_cores=2, memory_bytes=16 * GiB, gpus=[], device="cpu",
-        matmul_flops={"fp32": 5e10}, bandwidth_bytes_per_s=None, measured=True, datasheet=None,
-        device_memory_bytes=16 * GiB, gpu_count=0, created_at="2024-01-01T00:00:00Z",
-        torch_version=None, python_version="3.11",
-    )
 
 
 @pytest.fixture
 def cpu_machine(monkeypatch: pytest.MonkeyPatch) -> hardware.HardwareProfile:
-    prof = _fake_cpu()
-    monkeypatch.setattr(hardware, "cached_profile", lambda: prof)
-    monkeypatch.setattr(hardware, "load_profile", lambda *a, **k: prof)
+    prof = use_profile(monkeypatch, fake_cpu_profile(bf16=None))
     monkeypatch.setattr(root.console, "width", 250)  # whole rows, no cropped cells
     return prof
 

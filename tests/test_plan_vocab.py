@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes import fake_cpu_profile, use_profile
 from typer.testing import CliRunner
 
-from budgetlm import hardware
 from budgetlm.cli import app
 from budgetlm.config import load_config
 from budgetlm.estimate import count_params, model_flops_per_token
@@ -23,7 +23,6 @@ from budgetlm.laws.vocabulary import (
 from budgetlm.plan import Budget, plan
 
 runner = CliRunner()
-GiB = 2**30
 
 
 def test_tao_relation_exact() -> None:
@@ -60,21 +59,12 @@ def test_fit_and_char_plans_keep_their_vocabulary() -> None:
     assert not p.top.vocab_chosen and p.top.vocab_size == 32768
 
 
-def _fake_cpu() -> hardware.HardwareProfile:
-    return hardware.HardwareProfile(
-        cpu_model="fake CPU", cpu_cores=2, memory_bytes=16 * GiB, gpus=[], device="cpu",
-        matmul_flops={"fp32": 5e10}, bandwidth_bytes_per_s=None, measured=True, datasheet=None,
-        device_memory_bytes=16 * GiB, gpu_count=0, created_at="2024-01-01T00:00:00Z",
-        torch_version=None, python_version="3.11",
-    )
 
 
 def test_plan_with_chosen_vocabulary_trains_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prof = _fake_cpu()
-    monkeypatch.setattr(hardware, "cached_profile", lambda: prof)
-    monkeypatch.setattr(hardware, "load_profile", lambda *a, **k: prof)
+    use_profile(monkeypatch, fake_cpu_profile(bf16=None))
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "text.txt"
     src.write_text("".join(f"line {i}: the cat sat on the mat, then it ran off again.\n"

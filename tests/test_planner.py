@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakes import fake_cpu_profile, use_profile
 from typer.testing import CliRunner
 
 from budgetlm import hardware, laws, units
@@ -24,25 +25,11 @@ runner = CliRunner()
 GiB = 2**30
 
 
-def fake_cpu_profile(fp32: float = 5e10, bf16: float | None = 5e9) -> hardware.HardwareProfile:
-    flops = {"fp32": fp32}
-    if bf16 is not None:
-        flops["bf16"] = bf16
-    return hardware.HardwareProfile(
-        cpu_model="fake CPU", cpu_cores=2, memory_bytes=16 * GiB, gpus=[], device="cpu",
-        matmul_flops=flops, bandwidth_bytes_per_s=None, measured=True, datasheet=None,
-        device_memory_bytes=16 * GiB, gpu_count=0, created_at="2024-01-01T00:00:00Z",
-        torch_version=None, python_version="3.11",
-    )
-
 
 @pytest.fixture
 def cpu_machine(monkeypatch: pytest.MonkeyPatch) -> hardware.HardwareProfile:
     """This machine, as a fake measured CPU profile (no measuring, no torch on the plan path)."""
-    prof = fake_cpu_profile()
-    monkeypatch.setattr(hardware, "cached_profile", lambda: prof)
-    monkeypatch.setattr(hardware, "load_profile", lambda *a, **k: prof)
-    return prof
+    return use_profile(monkeypatch, fake_cpu_profile())
 
 
 def _env() -> dict[str, str]:
