@@ -268,19 +268,26 @@ def encode_rows(rows: list[Row], tok: Tokenizer, labels: list[str], seq_len: int
     return LabeledSplit(tokens, y, lengths), truncated
 
 
-def load_labeled(cfg: DataConfig, seq_len: int, pad_id: int, seed: int,
-                 tokenizer: Tokenizer | None = None, pretrained: str | None = None,
-                 ) -> LabeledData:
-    """Read, split, label and tokenize `cfg.source` (and `cfg.val_source`); `tokenizer`: use
-    this one (a pretrained run's) instead of building `cfg.tokenizer`."""
-    rows = read_labeled(cfg.source, "data.source", cfg.text_field, cfg.label_field)
+def labeled_rows(cfg: DataConfig, seed: int,
+                 fld: str = "data.source") -> tuple[list[Row], list[Row], str, list[str]]:
+    """(training rows, validation rows, how they were split, the label set) of `cfg.source`
+    (and `cfg.val_source`); `fld` names the source in messages."""
+    rows = read_labeled(cfg.source, fld, cfg.text_field, cfg.label_field)
     if cfg.val_source:
         train = rows
         val = read_labeled(cfg.val_source, "data.val_source", cfg.text_field, cfg.label_field)
         how = "data.val_source"
     else:
         train, val, how = split_rows(rows, cfg.val_fraction, seed)
-    labels = label_set(train, val, cfg.labels, cfg.source)
+    return train, val, how, label_set(train, val, cfg.labels, cfg.source)
+
+
+def load_labeled(cfg: DataConfig, seq_len: int, pad_id: int, seed: int,
+                 tokenizer: Tokenizer | None = None, pretrained: str | None = None,
+                 ) -> LabeledData:
+    """Read, split, label and tokenize `cfg.source` (and `cfg.val_source`); `tokenizer`: use
+    this one (a pretrained run's) instead of building `cfg.tokenizer`."""
+    train, val, how, labels = labeled_rows(cfg, seed)
     tok = tokenizer if tokenizer is not None else make_tokenizer(cfg, train, val, pretrained)
     train_split, cut_train = encode_rows(train, tok, labels, seq_len, pad_id)
     val_split, cut_val = encode_rows(val, tok, labels, seq_len, pad_id)

@@ -91,7 +91,7 @@ def count_labeled(source: str, base: PretrainedBase, text_field: str = "text",
                   label_field: str = "label") -> LabeledCount:
     """The labeled rows of `source`, split and tokenized as the trainer will (the base model's
     tokenizer, the trainer's seed-0 split); a UserError for data the trainer would refuse."""
-    from budgetlm.data.labeled import label_set, make_tokenizer, read_labeled, split_rows
+    from budgetlm.data.labeled import labeled_rows, make_tokenizer
 
     if base.kind != "run":
         raise UserError(f"--finetune {base.path}: classification fine-tunes a budgetlm run "
@@ -99,9 +99,7 @@ def count_labeled(source: str, base: PretrainedBase, text_field: str = "text",
                         "classification path here")
     data = DataConfig(source=source, tokenizer=base.tokenizer,  # type: ignore[arg-type]
                       text_field=text_field, label_field=label_field)
-    rows = read_labeled(source, "--data", text_field, label_field)
-    train, val, _how = split_rows(rows, data.val_fraction, 0)
-    labels = label_set(train, val, None, source)
+    train, val, _how, labels = labeled_rows(data, 0, "--data")  # the trainer's split (seed 0)
     tok = make_tokenizer(data, train, val)
     lengths = [len(tok.encode(r.text)) for r in train]
     longest = max(lengths)
