@@ -79,15 +79,14 @@ def _train(cfg: Any, run_dir: Path) -> Any:
 
 
 def score(run_dir: Path, test_source: str) -> tuple[float, float, int]:
-    """(accuracy, macro-F1, rows) of the model a classification run kept, on `test_source`."""
-    import numpy as np
-    import torch
-
+    """(accuracy, macro-F1, rows) of the model a classification run kept, on `test_source`:
+    the trainer's own evaluation (`train.classify.evaluate_classifier`) with the test rows as
+    its validation split."""
     from budgetlm.config import load_config
     from budgetlm.data import load_tokenizer
     from budgetlm.data.labeled import load_labeled
     from budgetlm.model import PAD_ID, build_model
-    from budgetlm.train.classify import accuracy, class_scores, macro_f1
+    from budgetlm.train.classify import evaluate_classifier
     from budgetlm.train.finetune import plain_state_dict
     from budgetlm.train.rundir import RunDir, load_checkpoint
 
@@ -98,16 +97,8 @@ def score(run_dir: Path, test_source: str) -> tuple[float, float, int]:
     model = build_model(cfg.model)
     ckpt = RunDir(run_dir).latest_checkpoint()  # the final weights (best, when restored)
     model.load_state_dict(plain_state_dict(load_checkpoint(ckpt, "benchmark")))
-    model.eval()
-    s = SimpleNamespace(cfg=cfg, corpus=data, device="cpu")
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(data.val), 64):
-            x = torch.from_numpy(data.val.tokens[i : i + 64])
-            preds.append(class_scores(s, model, x).argmax(dim=-1).numpy())
-    pred = np.concatenate(preds)
-    y = data.val.labels
-    return accuracy(y, pred), macro_f1(y, pred, len(data.labels)), len(y)
+    metrics = evaluate_classifier(SimpleNamespace(cfg=cfg, corpus=data, device="cpu"), model, 64)
+    return float(metrics["val_accuracy"] or 0.0), float(metrics["val_f1"] or 0.0), len(data.val)
 
 
 def _family(family: str, work: Path, files: Any, test: str, p: float, f: float,
