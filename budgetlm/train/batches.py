@@ -16,30 +16,34 @@ from budgetlm.train.state import RunState
 
 
 def draw_batch(s: RunState, split: Any, mb: int, step: int, micro: int) -> tuple[Any, Any]:
-    """The (inputs, targets) of one micro-step; BERT batches are masked with a seeded generator."""
-    import torch
-
+    """The (inputs, targets) of one micro-step: labeled rows for classification, else windows
+    of the corpus, corrupted as the family's objective wants with a seeded generator."""
     cfg = s.cfg
     if cfg.task == "classification":  # labeled rows, epochs of seeded permutations
         return draw_labeled(s, split, mb, step, micro)
-    if s.first_sentinel is not None:  # t5: span-corrupted windows of `raw` tokens
-        x, _ = sample_batch(split, mb, span_lengths(cfg.model).raw, cfg.seed, step, micro)
-        x, y = _span_corrupt(s, x, cfg.seed * 1_000_003 + step * 1009 + micro)
-        return x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-    x, y = sample_batch(split, mb, cfg.model.seq_len, cfg.seed, step, micro)
-    if s.mask_id is not None:
-        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step * 1009 + micro) % 2**62)
-        x, y = mlm_mask(x, cfg.model.mask_rate, s.mask_id, s.mask_id, g)
+    x, y = sample_batch(split, mb, _window(s), cfg.seed, step, micro)
+    x, y = _corrupt(s, x, y, cfg.seed * 1_000_003 + step * 1009 + micro)
     return x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
 
 
-def _span_corrupt(s: RunState, windows: Any, seed: int) -> tuple[Any, Any]:
-    """t5: span corruption of `windows` with a generator seeded by `seed`."""
+def _window(s: RunState) -> int:
+    """Tokens a language-model window reads: seq_len, or for t5 the raw tokens span corruption
+    turns into seq_len encoder inputs."""
+    return span_lengths(s.cfg.model).raw if s.first_sentinel is not None else s.cfg.model.seq_len
+
+
+def _corrupt(s: RunState, x: Any, y: Any, seed: int) -> tuple[Any, Any]:
+    """(inputs, targets) of windows `x` (next-token targets `y`) under the family's objective,
+    with a generator seeded by `seed`: t5 span corruption, BERT masking, GPT as they are."""
     import torch
 
-    assert s.first_sentinel is not None
+    if s.first_sentinel is None and s.mask_id is None:
+        return x, y
     g = torch.Generator().manual_seed(seed % 2**62)
-    return span_corrupt(windows, s.cfg.model, s.first_sentinel, PAD_ID, IGNORE_INDEX, g)
+    if s.first_sentinel is not None:
+        return span_corrupt(x, s.cfg.model, s.first_sentinel, PAD_ID, IGNORE_INDEX, g)
+    assert s.mask_id is not None
+    return mlm_mask(x, s.cfg.model.mask_rate, s.mask_id, s.mask_id, g)
 
 
 def evaluate(s: RunState, model: Any, mb: int) -> tuple[float, float | None]:
@@ -53,16 +57,11 @@ def evaluate(s: RunState, model: Any, mb: int) -> tuple[float, float | None]:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    window = span_lengths(cfg.model).raw if t5 else cfg.model.seq_len
     with torch.no_grad():
         for i, (x, y) in enumerate(
-            val_batches(s.corpus.val, mb, window, cfg.train.eval_tokens)
+            val_batches(s.corpus.val, mb, _window(s), cfg.train.eval_tokens)
         ):
-            if t5:
-                x, y = _span_corrupt(s, x, 1_000_003 + i)
-            if s.mask_id is not None:
-                g = torch.Generator().manual_seed(1_000_003 + i)
-                x, y = mlm_mask(x, cfg.model.mask_rate, s.mask_id, s.mask_id, g)
+            x, y = _corrupt(s, x, y, 1_000_003 + i)  # the same masks at every eval
             x, y = x.to(s.device), y.to(s.device)
             with autocast_ctx(s.device, cfg.train.precision):
                 _, loss = model(x, y)
