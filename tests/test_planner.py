@@ -258,7 +258,10 @@ def test_exported_plan_trains_unchanged(
     res = runner.invoke(app, ["train", str(out), "--run-dir", str(tmp_path / "run"), "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert result["status"] == "completed" and result["stop_reason"] == "max_time"
+    # the plan repeats this small corpus, so it exports early stopping: either end is the plan's
+    assert (result["status"], result["stop_reason"]) == ("completed", "max_time") or (
+        result["status"] == "early_stopped" and cfg.train.patience is not None
+    ), result
     assert result["predicted"]["plan"]["params"] == result["params"]
     assert math.isfinite(result["val_loss"])
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
