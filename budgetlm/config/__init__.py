@@ -9,6 +9,7 @@ starting points, `io` loading (a duplicate-key-safe, depth-bounded YAML reader),
 dumps.
 """
 
+from budgetlm.config.finetune import FinetuneConfig, LoraConfig
 from budgetlm.config.io import (
     apply_overrides,
     check_path,
@@ -22,24 +23,21 @@ from budgetlm.config.io import (
     with_overrides,
     with_values,
 )
+from budgetlm.config.kinds import OPTIMIZERS, PRECISIONS
+from budgetlm.config.prediction import Prediction
 from budgetlm.config.presets import LARGE_PRESETS, PRESETS, preset
 from budgetlm.config.schema import (
-    OPTIMIZERS,
-    PRECISIONS,
     DataConfig,
-    FinetuneConfig,
-    LoraConfig,
     ModelConfig,
     OptimConfig,
-    Prediction,
     RunConfig,
     ScheduleConfig,
-    StrictModel,
     TrainConfig,
     tokens_per_step,
     validate,
 )
 from budgetlm.config.spans import SpanLengths, span_corruption_lengths
+from budgetlm.config.strict import StrictModel
 
 __all__ = [
     "LARGE_PRESETS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "DataConfig", "FinetuneConfig",

@@ -8,39 +8,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from budgetlm.config.finetune import FinetuneConfig
+from budgetlm.config.kinds import (
+    NO_MUP_RULE,
+    Attention,
+    Device,
+    Family,
+    Mlp,
+    Monitor,
+    MonitorMode,
+    Norm,
+    OptimizerName,
+    Parallel,
+    Parametrization,
+    Pooling,
+    Positions,
+    Precision,
+    ScheduleDriver,
+    ScheduleName,
+    Task,
+    TokenizerName,
+)
+from budgetlm.config.prediction import Prediction
 from budgetlm.config.spans import span_corruption_lengths
-from budgetlm.config.strict import MAX_INT, CheckedModel, describe, describe_errors, whole_number
+from budgetlm.config.strict import MAX_INT, StrictModel, describe, describe_errors, whole_number
 from budgetlm.errors import UserError
-
-Family = Literal["gpt", "bert", "t5"]
-Positions = Literal["learned", "rope", "relative"]
-Norm = Literal["layernorm", "rmsnorm"]
-Mlp = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
-Attention = Literal["sdpa", "eager"]
-OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adafactor", "lion", "lamb", "muon"]
-ScheduleName = Literal["constant", "linear", "cosine", "wsd"]
-ScheduleDriver = Literal["auto", "steps", "time", "tokens", "flops"]
-Precision = Literal["fp32", "bf16", "fp16"]
-TokenizerName = Literal["byte", "char", "bpe", "pretrained"]
-Device = Literal["auto", "cpu", "cuda"]
-FinetuneMethod = Literal["full", "lora"]
-FrozenQuant = Literal["none", "nf4"]
-Parallel = Literal["ddp", "fsdp", "hsdp"]
-Task = Literal["lm", "classification"]
-Pooling = Literal["auto", "cls", "mean", "last"]
-Monitor = Literal["val_loss", "val_accuracy", "val_f1"]
-MonitorMode = Literal["auto", "min", "max"]
-
-OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
-PRECISIONS: tuple[str, ...] = Precision.__args__  # type: ignore[attr-defined]
-
-
-class StrictModel(CheckedModel):
-    """A config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(StrictModel):
@@ -139,6 +133,17 @@ class ModelConfig(StrictModel):
         description="a local Hugging Face model directory (config.json + *.safetensors): its "
         "config sets the shape, its weights the start; never a network call",
     )
+    parametrization: Parametrization = Field(
+        "standard",
+        description="standard, or mup: the Maximal Update Parametrization (Yang et al. 2022) "
+        "relative to mup_base_width -- hidden init and Adam-family lr scale with the width, "
+        "attention logits 1/head_dim, output logits / width multiplier; gpt and bert",
+    )
+    mup_base_width: int | None = Field(
+        None, ge=1,
+        description="mup: the d_model whose hyperparameters (lr, init_std) these are; null: "
+        "d_model itself (width multiplier 1, identical to standard)",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:
@@ -165,7 +170,20 @@ class ModelConfig(StrictModel):
             raise ValueError("positions=relative is the t5 bias; use learned or rope")
         if self.target_len is not None and self.family != "t5":
             raise ValueError("target_len applies to family t5 only")
+        if self.parametrization == "mup" and self.family == "t5":
+            raise ValueError("parametrization: mup applies to gpt and bert (t5 scales its own "
+                             "logits)")
+        if self.parametrization == "mup" and self.from_pretrained is not None:
+            raise ValueError("parametrization: mup needs weights it initialises itself, not "
+                             "from_pretrained")
         return self
+
+    @property
+    def width_mult(self) -> float:
+        """µP width multiplier d_model / mup_base_width (1.0 under standard parametrization)."""
+        if self.parametrization != "mup" or self.mup_base_width is None:
+            return 1.0
+        return self.d_model / self.mup_base_width
 
     @property
     def decoder_seq_len(self) -> int:
@@ -355,44 +373,6 @@ class TrainConfig(StrictModel):
         )
 
 
-class LoraConfig(StrictModel):
-    """Low-rank adapters (Hu et al. 2021) through `peft`: W x + (alpha / rank) B A x."""
-
-    rank: int = Field(8, ge=1, description="adapter rank r")
-    alpha: float = Field(16.0, gt=0.0, description="scaling numerator: updates scale by alpha/r")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
-    target: list[str] = Field(
-        default_factory=lambda: ["all-linear"],
-        description="module names to adapt (last name component, e.g. q_proj, v_proj, c_attn, "
-        "w1) or all-linear (every Linear of the blocks; not the LM head)",
-    )
-    train_norms: bool = Field(False, description="also train the norm weights")
-    train_head: bool = Field(False, description="also train the LM head (and a tied embedding)")
-
-
-class FinetuneConfig(StrictModel):
-    """What trains: every weight (full; pretraining is a full run from random init) or
-    low-rank adapters on frozen weights (lora)."""
-
-    method: FinetuneMethod = Field(
-        "full",
-        description="full (every weight trains) or lora (adapters train; the frozen weights "
-        "are held in the training precision: bf16/fp16 runs keep them in 16 bits)",
-    )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    quantize: FrozenQuant = Field(
-        "none",
-        description="nf4: QLoRA-style 4-bit frozen weights (Dettmers et al. 2023) -- an "
-        "estimate for plans only; the trainer does not quantize",
-    )
-
-    @model_validator(mode="after")
-    def _check_quantize(self) -> FinetuneConfig:
-        if self.quantize != "none" and self.method != "lora":
-            raise ValueError("quantize applies to method lora only")
-        return self
-
-
 class RunConfig(StrictModel):
     """Everything one training run needs. A file of this shape is what `budgetlm train` runs."""
 
@@ -439,6 +419,14 @@ class RunConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _check_mup(self) -> RunConfig:
+        if self.model.parametrization == "mup" and self.optim.name in NO_MUP_RULE:
+            raise ValueError(f"optim.name: {self.optim.name} has no µP rule "
+                             f"({NO_MUP_RULE[self.optim.name]}); use adamw, adam, lion, sgd, "
+                             "rmsprop or muon with model.parametrization: mup")
+        return self
+
+    @model_validator(mode="after")
     def _check_prediction(self) -> RunConfig:
         raw = self.meta.get("predicted")
         if raw is not None:
@@ -457,32 +445,6 @@ def tokens_per_step(micro_batch: int, grad_accum: int, seq_len: int) -> int:
     `grad_accum` counts the micro-steps of one global batch over all ranks (the trainer splits
     them over data-parallel ranks), so this is the global batch in tokens."""
     return micro_batch * grad_accum * seq_len
-
-
-class Prediction(CheckedModel):
-    """What a plan predicted for a run (`meta.predicted` of a planned config). `budgetlm train`
-    reports it against the actual result; a run planned from a fitted law gets predicted vs
-    actual loss in result.json. The plan's other facts (params, tokens, seconds, …) ride along.
-    """
-
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
-
-    loss: float
-    """predicted final validation loss (nats/token)"""
-    loss_kind: Literal["prior", "fit"]
-    """prior: a published law (fitted on its own data and tokenizer); fit: this corpus's law"""
-    loss_lo: float | None = None
-    """lower end of the loss interval (fitted laws)"""
-    loss_hi: float | None = None
-    """upper end of the loss interval (fitted laws)"""
-    interval_level: float | None = None
-    """coverage of [loss_lo, loss_hi]"""
-    bpb: float | None = None
-    """predicted bits per byte (fitted laws)"""
-    bpb_lo: float | None = None
-    """lower end of the bits-per-byte interval"""
-    bpb_hi: float | None = None
-    """upper end of the bits-per-byte interval"""
 
 
 def validate(data: dict[str, Any], source: str = "config") -> RunConfig:

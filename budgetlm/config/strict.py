@@ -168,3 +168,9 @@ class _Rephrased:
 def describe_errors(exc: ValidationError) -> str:
     """One line for a config's validation errors, each naming its field and what was given."""
     return format_validation_error(_Rephrased(exc))
+
+
+class StrictModel(CheckedModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
