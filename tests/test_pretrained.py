@@ -285,9 +285,11 @@ def test_export_type_names_the_field_that_prevents_it() -> None:
         ({"positions": "rope", "mlp": "gelu", "norm": "rmsnorm"}, "model.mlp"),
         ({"family": "bert"}, "model.family"),
         ({"n_expert": 4}, "model.n_expert"),
+        ({"parametrization": "mup", "mup_base_width": 32}, "model.parametrization"),
     ):
         with pytest.raises(UserError, match=field):
             hf_export_type(ModelConfig(**model))
+    assert hf_export_type(ModelConfig(parametrization="mup", mup_base_width=64)) == "gpt2"  # m=1
     m = ModelConfig(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False)
     with pytest.raises(UserError, match="no longer the qwen3"):
         hf_export_type(m, "qwen3")

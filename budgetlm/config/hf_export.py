@@ -37,6 +37,10 @@ def _check_common(m: ModelConfig) -> None:
         raise _refuse("family", m.family, "cannot be exported (export writes causal LMs: gpt)")
     if m.n_expert:
         raise _refuse("n_expert", m.n_expert, "(mixture of experts) cannot be exported yet")
+    if m.width_mult != 1.0:
+        raise _refuse("parametrization", m.parametrization,
+                      f"at width multiplier {m.width_mult:g} cannot be exported: Hugging Face "
+                      "models have no µP attention scale or readout multiplier")
 
 
 def _check_gpt2(m: ModelConfig) -> None:

@@ -32,3 +32,11 @@ NO_MUP_RULE = {
 
 OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__  # type: ignore[attr-defined]
 PRECISIONS: tuple[str, ...] = Precision.__args__  # type: ignore[attr-defined]
+
+# µP lr multiplier m**e per parameter class, by the rule an optimizer follows
+# (budgetlm.optim.groups explains each).
+MUP_LR_EXPONENT: dict[str, dict[str, float]] = {
+    "adam": {"hidden": -1.0, "router": -1.0, "vector": 0.0, "fixed": 0.0},
+    "sgd": {"hidden": 0.0, "router": -1.0, "vector": 1.0, "fixed": 0.0},
+    "muon": {"hidden": 0.0, "router": -0.5},
+}

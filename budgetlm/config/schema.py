@@ -424,6 +424,9 @@ class RunConfig(StrictModel):
             raise ValueError(f"optim.name: {self.optim.name} has no µP rule "
                              f"({NO_MUP_RULE[self.optim.name]}); use adamw, adam, lion, sgd, "
                              "rmsprop or muon with model.parametrization: mup")
+        if self.model.parametrization == "mup" and self.finetune.method == "lora":
+            raise ValueError("finetune.method: lora trains adapters on frozen weights, which "
+                             "µP has no rule for; use full with model.parametrization: mup")
         return self
 
     @model_validator(mode="after")

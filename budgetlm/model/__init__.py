@@ -21,6 +21,24 @@ Classification (`n_classes` set): no LM/MLM head; `classifier` (Linear d_model -
 over a pooled state (`model.classify`); PAD_ID (-1) in the input marks padding, masked out of
 attention and pooling and embedded as id 0.
 
+Parametrization (`model.parametrization`, GPT and BERT): standard, or µP (Yang et al. 2022,
+"Tensor Programs V") relative to `mup_base_width`, with m = `cfg.width_mult` = d_model /
+mup_base_width and every width dimension taken to grow by m (heads, experts, vocabulary fixed):
+
+- init (`TransformerBase._init_weights`): embeddings (tokens, learned positions, BERT's token
+  types) and the readout (an untied lm_head, the classifier, BERT's MLM decoder) normal(0,
+  init_std); every other Linear weight (attention, MLPs, MoE router and experts, BERT's MLM
+  transform dense) normal(0, init_std/√m), residual projections also / √(2·n_layer);
+- attention logits (`layers`): sqrt(head_dim_base)/head_dim, head_dim_base = head_dim/m, in SDPA
+  and eager attention alike;
+- readout: its input times 1/m (`_readout_in`; the classifier's pooled input), so the logits
+  are 1/m of standard's without a second (B, T, V) tensor.
+
+The per-parameter learning rates that complete µP are `budgetlm.optim`'s (`build_optimizer(...,
+width_mult=m)`). At m = 1 the model is standard parametrization's: the same init draws in the
+same order, the same forward. The multipliers are elementwise on (B, T, C) tensors, so FLOPs and
+memory are those of standard parametrization (`budgetlm.estimate` does not read it).
+
 Loss = mean cross-entropy over targets != -100, computed in fp32 (`logits.float()`); in
 training mode an MoE model adds router_aux_coef x its load-balancing loss (validation loss is
 the plain cross-entropy).

@@ -58,7 +58,7 @@ class BertMLM(TransformerBase):
         if self.classifier is not None:
             return self._classify(x, keep, targets)
         assert self.head is not None and self.lm_head is not None
-        logits = self.lm_head(self.head(x))  # (B, T, V)
+        logits = self.lm_head(self._readout_in(self.head(x)))  # (B, T, V)
         if targets is None:
             return logits
         return logits, self._loss(logits, targets)

@@ -49,11 +49,12 @@ def pool(x: torch.Tensor, keep: torch.Tensor | None, how: str) -> torch.Tensor:
 
 def classify(
     head: nn.Module, x: torch.Tensor, keep: torch.Tensor | None, how: str,
-    labels: torch.Tensor | None,
+    labels: torch.Tensor | None, scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class logits (B, K) of the pooled states and, with `labels` (B,), the mean cross-entropy
-    (in fp32)."""
-    logits = head(pool(x, keep, how))
+    (in fp32). `scale` multiplies the pooled states (µP's readout multiplier 1/m)."""
+    pooled = pool(x, keep, how)  # (B, C)
+    logits = head(pooled if scale == 1.0 else pooled * scale)
     if labels is None:
         return logits, None
     return logits, F.cross_entropy(logits.float(), labels)

@@ -35,7 +35,7 @@ class GPT(TransformerBase):
         if self.classifier is not None:
             return self._classify(x, keep, targets)
         assert self.lm_head is not None
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = self.lm_head(self._readout_in(x))  # (B, T, V)
         if targets is None:
             return logits
         return logits, self._loss(logits, targets)

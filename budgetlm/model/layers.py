@@ -14,6 +14,11 @@ shorter than the sequence is an explicit boolean mask, so SDPA (and eager) compu
 T x T score square and mask it: the window saves no FLOPs or memory here, it changes what the
 model can see. A window at least as long as the sequence is plain causal attention.
 
+Attention logits are q·k / sqrt(head_dim); under µP (width multiplier m = `width_mult`) they
+are q·k · sqrt(head_dim_base) / head_dim with head_dim_base = head_dim / m, the base model's:
+the same at m = 1, and ∝ 1/head_dim as the heads widen (Yang et al. 2022 use 1/d attention:
+once q and k are correlated by training, q·k grows like head_dim, not its square root).
+
 Padding (classification batches): `keep` (B, T), False at padding, masks padding keys out of
 every query's softmax through the same explicit mask, so a padded sequence's real positions see
 exactly what they would unpadded.
@@ -81,6 +86,10 @@ class SelfAttention(nn.Module):
         self.window = cfg.sliding_window if causal else None
         self.eager = cfg.attention == "eager"
         self.dropout = cfg.dropout
+        # logits scale: 1/sqrt(head_dim) (None: SDPA's default), or µP's sqrt(head_dim_base) /
+        # head_dim with head_dim_base = head_dim / m (see the module docstring)
+        m = cfg.width_mult
+        self.scale = None if m == 1.0 else math.sqrt(cfg.head_dim / m) / cfg.head_dim
         qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias  # Qwen2: q, k, v only
         self.c_attn = self.q_proj = self.k_proj = self.v_proj = None
         if cfg.fused_qkv:
@@ -150,7 +159,8 @@ class SelfAttention(nn.Module):
             if gqa:
                 group = self.n_head // self.n_kv
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, T)
+            scale = 1.0 / math.sqrt(self.head_dim) if self.scale is None else self.scale
+            att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, T)
             if mask is None and self.causal:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
@@ -161,7 +171,7 @@ class SelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                is_causal=self.causal and mask is None, enable_gqa=gqa,
+                is_causal=self.causal and mask is None, scale=self.scale, enable_gqa=gqa,
             )  # (B, H, T, dh)
         y = y.transpose(1, 2).contiguous().view(B, T, self.inner)  # (B, T, H*dh)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)

@@ -1,5 +1,6 @@
-"""What GPT and BERT share: the pre-norm block, final norm, init, checkpointing, the loss, and
-the mixture-of-experts bookkeeping (aux loss into the training loss, tokens per expert)."""
+"""What GPT and BERT share: the pre-norm block, final norm, init (standard or µP), the µP
+readout multiplier, checkpointing, the loss, and the mixture-of-experts bookkeeping (aux loss
+into the training loss, tokens per expert)."""
 
 from __future__ import annotations
 
@@ -92,12 +93,19 @@ class TransformerBase(nn.Module):
         """Class logits (B, K) of the pooled states, and with `labels` (B,) the loss (mean
         cross-entropy in fp32, plus the MoE balancing loss in training)."""
         assert self.classifier is not None
-        logits, loss = classify(self.classifier, x, keep, self.cfg.pooled, labels)
+        logits, loss = classify(self.classifier, x, keep, self.cfg.pooled, labels,
+                                scale=1.0 / self.cfg.width_mult)
         if loss is None:
             return logits
         if self.training and self.aux_loss is not None and self.cfg.router_aux_coef > 0:
             loss = loss + self.cfg.router_aux_coef * self.aux_loss
         return logits, loss
+
+    def _readout_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head's input: x, or x · (1/m) under µP (width multiplier m): the logits / m
+        of Yang et al. 2022's output multiplier, without a second (B, T, V) tensor."""
+        m = self.cfg.width_mult
+        return x if m == 1.0 else x * (1.0 / m)
 
     def _tie_and_init(self) -> None:
         if self.cfg.tie_embeddings and self.lm_head is not None:
@@ -116,16 +124,26 @@ class TransformerBase(nn.Module):
 
     def _init_weights(self) -> None:
         """normal(0, init_std) for Linear/Embedding, zero biases; residual projections scaled
-        by 1/sqrt(2·n_layer) (GPT-2, Radford et al. 2019 §2.3)."""
+        by 1/sqrt(2·n_layer) (GPT-2, Radford et al. 2019 §2.3).
+
+        µP (width multiplier m = cfg.width_mult): every Linear but the readout (`lm_head`,
+        `classifier`) draws with init_std/sqrt(m), variance ∝ 1/fan_in as the base model's
+        (Yang et al. 2022's hidden weights); embeddings and the readout keep init_std (the
+        readout's input is scaled by 1/m in the forward instead, as the `mup` package's
+        MuReadout does). At m = 1 the same draws in the
+        same order as standard parametrization."""
         std = self.cfg.init_std
+        hidden_std = std / math.sqrt(self.cfg.width_mult)
+        readout = {id(m) for m in (self.lm_head, self.classifier) if m is not None}
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                w_std = std if id(module) in readout else hidden_std
+                nn.init.normal_(module.weight, mean=0.0, std=w_std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-        resid_std = std / math.sqrt(2 * self.cfg.n_layer)
+        resid_std = hidden_std / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
             if name.startswith("blocks.") and name.endswith(RESIDUAL_SUFFIXES):
                 nn.init.normal_(p, mean=0.0, std=resid_std)

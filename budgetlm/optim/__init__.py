@@ -12,6 +12,13 @@ Weight decay by optimizer (`optim.weight_decay`, applied to the decay group only
   decay. (Deciding by "was the field set explicitly" is not used: a resolved config.yaml sets
   every field, so a run and its rerun would differ.)
 
+µP (`build_optimizer(..., width_mult=m)`, m = `ModelConfig.width_mult`): per-group learning
+rates by which dimensions of each parameter grow with the width (Yang et al. 2022; the `mup`
+package's MuAdam / MuSGD rules): Adam-like optimizers (adam, adamw, lion, rmsprop, muon's AdamW
+part) lr/m on hidden matrices and lr on embeddings, biases, norms and the readout; sgd lr on
+hidden matrices and lr·m on those vector-like tensors; Muon's hidden matrices keep Muon's lr;
+weight decay divided by the same factor (lr·wd unchanged). Details in `budgetlm.optim.groups`.
+
 Every param group carries `base_lr` (its peak lr) so `set_lr` scales all groups, Muon's and
 AdamW's alike, by one schedule factor. State dicts are plain `torch.optim.Optimizer` state dicts,
 so `opt.load_state_dict(opt2.state_dict())` resumes bit-exactly (save/load through `torch.save`, as

@@ -21,12 +21,14 @@ def _use_fused(model: nn.Module, fused: bool | None) -> bool:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, fused: bool | None = None
+    model: nn.Module, cfg: OptimConfig, fused: bool | None = None, width_mult: float = 1.0
 ) -> torch.optim.Optimizer:
     """One optimizer for `cfg.name`; every group carries `base_lr`.
 
     fused: fused Adam/AdamW kernels when True, or when None and every parameter is on CUDA
     (ignored by the other optimizers).
+    width_mult: µP's width multiplier (`ModelConfig.width_mult`); != 1 splits the groups by
+    µP's per-parameter lrs (budgetlm.optim.groups); 1 gives standard parametrization's groups.
 
     - sgd: momentum=cfg.momentum, nesterov=cfg.nesterov (when momentum > 0), L2 weight decay.
     - adam: torch Adam, betas/eps from cfg, no weight decay (see the module docstring).
@@ -42,7 +44,7 @@ def build_optimizer(
     name = cfg.name
     betas = (cfg.beta1, cfg.beta2)
     if name == "muon":
-        muon_groups, adamw_groups = muon_split(model, cfg)
+        muon_groups, adamw_groups = muon_split(model, cfg, width_mult)
         return MuonWithAdamW(
             muon_groups,
             adamw_groups,
@@ -56,7 +58,7 @@ def build_optimizer(
                 "fused": _use_fused(model, fused),
             },
         )
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, width_mult)
     if name in ("adam", "rmsprop"):
         for g in groups:
             g["weight_decay"] = 0.0

@@ -78,11 +78,12 @@ def lr_factor(
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
     """group["lr"] = group["base_lr"] · factor for every group. Returns the main lr: that of the
-    first group not run by Muon (for muon, the AdamW lr = optim.lr · factor)."""
+    first group not run by Muon and not rescaled by µP (`width_lr_mult` 1), so optim.lr ·
+    factor (for muon, the AdamW lr)."""
     main = None
     for g in optimizer.param_groups:
         g["lr"] = g["base_lr"] * factor
-        if main is None and not g.get("use_muon", False):
+        if main is None and not g.get("use_muon", False) and g.get("width_lr_mult", 1.0) == 1.0:
             main = g["lr"]
     return main if main is not None else optimizer.param_groups[0]["lr"]
 

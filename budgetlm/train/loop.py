@@ -102,7 +102,8 @@ def build_engine(s: RunState) -> Engine:
     model = prepare_model(model, cfg)  # full: as it is; lora: peft's wrapper, adapters train
     model = shard_model(model, s)  # fsdp/hsdp under torchrun: FSDP2 per block, then the root
     raw_model = model
-    opt = build_optimizer(model, cfg.optim, fused=True if s.device == "cuda" else None)
+    opt = build_optimizer(model, cfg.optim, fused=True if s.device == "cuda" else None,
+                          width_mult=cfg.model.width_mult)
     mb = t.micro_batch
     if mb == "auto":
         mb = resolve_micro_batch(s, model, opt)
