@@ -19,6 +19,7 @@ from budgetlm.config import DataConfig
 from budgetlm.data import load_corpus
 from budgetlm.errors import UserError
 from budgetlm.plan import TIMING_SECONDS, Budget, Plan, plan
+from budgetlm.plan.recipe import check_parametrization
 from budgetlm.units import require_finite, write_json
 
 PILOT_FRACTION = 0.2
@@ -183,16 +184,19 @@ def _write_plan(fit: dict[str, Any], budget: Any, data: DataConfig, used: float,
 
 def _design_or_reuse(budget: Any, data: DataConfig, corpus: Any, profile: Any,
                      options: DesignOptions, seq_len: int | None, precision: str, seed: int,
-                     state: Path, say: Callable[[str], None]) -> tuple[Design, bool]:
+                     state: Path, say: Callable[[str], None],
+                     parametrization: str = "standard") -> tuple[Design, bool]:
     """The design saved in `state` for these options, or a new one (saved). Returns it and
     whether it was made now."""
-    fp = fingerprint(budget, data, options, seq_len, seed, corpus.info.get("sha256"))
+    fp = fingerprint(budget, data, options, seq_len, seed, corpus.info.get("sha256"),
+                     parametrization)
     dpath = state / "design.json"
     d = saved_design(dpath, fp)
     if d is not None:
         return d, False
     T = seq_len or default_seq_len(budget, data, profile, precision)
-    d = design(budget, data, corpus, profile, options, T, precision, seed, fp, say)
+    d = design(budget, data, corpus, profile, options, T, precision, seed, fp, say,
+               parametrization)
     try:  # the state directory is made here, once the design is accepted
         write_json(dpath, d.to_dict(), indent=1)
     except OSError as exc:
@@ -215,12 +219,16 @@ def calibrate(
     write_plan: bool = True,
     log: Callable[[str], None] | None = None,
     launcher_kind: str = "fork",
+    parametrization: str = "standard",
 ) -> Calibration:
-    """Design (or reuse) the pilots, run the missing ones, fit, write fit.json, plan the rest."""
+    """Design (or reuse) the pilots, run the missing ones, fit, write fit.json, plan the rest.
+    parametrization: the pilots' (standard, or mup at the µP lr prior), and so the fit's and
+    the plan's."""
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     options = DesignOptions(fraction, levels, sizes, level_ratio, size_spread)
     check_options(options, out)
+    check_parametrization(parametrization)
     profile = hardware.cached_profile() or hardware.load_profile()
     corpus = load_corpus(data)
     precision = "fp32" if profile.device == "cpu" else (
@@ -229,7 +237,7 @@ def calibrate(
     state = state_dir(out)
     records = read_records(state / "pilots.jsonl")
     d, designed_now = _design_or_reuse(budget, data, corpus, profile, options, seq_len,
-                                       precision, seed, state, say)
+                                       precision, seed, state, say, parametrization)
     reused = sum(1 for p in d.pilots if records.get(p.key, {}).get("state") == "complete")
     spent = d.design_seconds + sum(float(r.get("wall_seconds") or 0.0) for r in records.values())
     # wall time of earlier invocations (their design and pilots): this one is timed whole
@@ -237,7 +245,8 @@ def calibrate(
     if reused:
         say(f"reusing {reused} finished pilot(s) from {state / 'pilots.jsonl'} ({earlier:.0f} s "
             "spent by earlier invocations)")
-    designer = PilotDesigner(data, profile, corpus, d.seq_len, d.precision, seed)
+    designer = PilotDesigner(data, profile, corpus, d.seq_len, d.precision, seed,
+                             d.parametrization)
     runner = PilotRunner(d, designer, state, records, spent, say, launcher_kind)
     runner.run()
 

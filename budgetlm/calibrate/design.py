@@ -2,7 +2,8 @@
 
 Sizes are rungs of the planner's ladder spread by `size_spread` around the prior's
 compute-optimal size for the level; each pilot is the planner's candidate for a FLOP budget,
-configured by the planner's recipe (`budgetlm.plan.run_config`). On a time budget the levels are
+configured by the planner's recipe (`budgetlm.plan.run_config`), in the calibration's
+parametrization (standard, or µP at the µP lr prior). On a time budget the levels are
 scaled so the pilots' predicted wall time (throughput timed on this machine, plus a per-pilot
 overhead) fills PLAN_SHARE of the pilot budget.
 """
@@ -82,6 +83,7 @@ class Design:
     pilot_seconds_budget: float | None
     pilot_flops_budget: float | None
     notes: list[str] = field(default_factory=list)
+    parametrization: str = "standard"  # of every pilot (`budgetlm.plan.recipe`)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -107,14 +109,17 @@ class DesignOptions:
 
 
 def fingerprint(budget: Any, data: DataConfig, options: DesignOptions, seq_len: int | None,
-                seed: int, sha: str | None) -> dict[str, Any]:
-    """What a design depends on: a saved design is reused only when this is unchanged."""
-    return {
+                seed: int, sha: str | None, parametrization: str = "standard") -> dict[str, Any]:
+    """What a design depends on: a saved design is reused only when this is unchanged (the
+    parametrization is there only when it is mup, so standard designs keep their
+    fingerprint)."""
+    fp = {
         "budget": budget.to_dict(), "data": data.model_dump(mode="json"), "data_sha256": sha,
         "pilot_fraction": options.fraction, "levels": options.levels, "sizes": options.sizes,
         "level_ratio": options.level_ratio, "size_spread": options.size_spread,
         "seq_len": seq_len, "seed": seed,
     }
+    return fp | ({"parametrization": parametrization} if parametrization != "standard" else {})
 
 
 def pilot_key(level: int, name: str, level_flops: float, seq_len: int) -> str:
@@ -132,8 +137,9 @@ class PilotDesigner:
     """Chooses pilot shapes and configs at given compute levels (the planner's recipe)."""
 
     def __init__(self, data: DataConfig, profile: Any, corpus: Any, seq_len: int,
-                 precision: str, seed: int):
+                 precision: str, seed: int, parametrization: str = "standard"):
         self.data = data
+        self.parametrization = parametrization
         self.profile = profile
         self.seq_len = seq_len
         self.precision = precision
@@ -153,7 +159,8 @@ class PilotDesigner:
     def context(self, flops: float) -> PlanContext:
         """The planner's pricing context of a pilot of `flops`."""
         return PlanContext(self.target(flops), self.prior, self.unique, self.vocab,
-                           self.val_tokens, "adamw", "gpt", None)
+                           self.val_tokens, "adamw", "gpt", None,
+                           parametrization=self.parametrization)
 
     def total_params(self, shape: Shape) -> int:
         if shape not in self._params:
@@ -292,10 +299,13 @@ def budget_seconds(budget: Any, profile: Any) -> float:
 def design(
     budget: Any, data: DataConfig, corpus: Any, profile: Any, options: DesignOptions,
     seq_len: int, precision: str, seed: int, fp: dict[str, Any], log: Callable[[str], None],
+    parametrization: str = "standard",
 ) -> Design:
-    """Levels and pilots for the pilot budget (see the module docstring)."""
+    """Levels and pilots for the pilot budget (see the module docstring), every pilot in
+    `parametrization`."""
     t0 = time.perf_counter()
-    designer = PilotDesigner(data, profile, corpus, seq_len, precision, seed)
+    designer = PilotDesigner(data, profile, corpus, seq_len, precision, seed, parametrization)
+    notes = [n for n in (mup_note(parametrization),) if n]
     ratios = [options.level_ratio**k for k in range(options.levels)]
     sizes, spread = options.sizes, options.size_spread
     if budget.kind == "flops":
@@ -304,7 +314,7 @@ def design(
         lv = [c1 * r for r in ratios]
         pilots, _ = pilots_at(designer, lv, sizes, spread)
         return Design(fp, seq_len, precision, lv, pilots, time.perf_counter() - t0, None,
-                      pilot_flops, [_epochs_note(pilots, designer)])
+                      pilot_flops, [_epochs_note(pilots, designer), *notes], parametrization)
     pilot_s = options.fraction * budget_seconds(budget, profile)
     peak = profile.peak(precision) or profile.peak("fp32") or 1e9
     rate = peak * (0.3 if profile.device == "cpu" else 0.4)
@@ -333,7 +343,17 @@ def design(
             break
         lv = [c * f for c in lv]
     return Design(fp, seq_len, precision, lv, pilots, time.perf_counter() - t0, pilot_s, None,
-                  [_epochs_note(pilots, designer)])
+                  [_epochs_note(pilots, designer), *notes], parametrization)
+
+
+def mup_note(parametrization: str) -> str | None:
+    """What µP pilots are (None for standard ones): the lr prior they train at, cited."""
+    if parametrization != "mup":
+        return None
+    lr, base = laws.mup_lr_prior()
+    return (f"pilots: µP relative to width {base} at the µP lr prior {lr:g} (Dey et al. 2023, "
+            "Cerebras-GPT), the same at every width; the fit is for µP runs, and plans from it "
+            "are µP")
 
 
 def _epochs_note(pilots: list[Pilot], designer: PilotDesigner) -> str:

@@ -77,7 +77,7 @@ class PlanSummary(Record):
 class FitFile(Record):
     """fit.json: a scaling law fitted on this corpus from pilot runs, and the plan of the rest."""
 
-    omitted_when_none = frozenset({"plan_seconds", "plan"})
+    omitted_when_none = frozenset({"plan_seconds", "plan", "parametrization"})
 
     kind: str = Field(description='always "budgetlm-fit"')
     version: int = Field(description="file format version")
@@ -103,6 +103,9 @@ class FitFile(Record):
     seq_len: int = Field(description="the pilots' sequence length")
     precision: str = Field(description="the pilots' precision")
     optimizer: str = Field(description="the pilots' optimizer")
+    parametrization: str | None = Field(
+        None, description="mup: the pilots were µP at the µP lr prior (plans from this fit are "
+        "µP unless told otherwise); left out: standard")
     eval_tokens: int = Field(description="validation tokens of every pilot (same windows)")
     unique_tokens: int = Field(description="unique training tokens of the corpus")
     bpb_per_nat: float | None = Field(description="bits per byte per nat per token")

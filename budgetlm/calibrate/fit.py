@@ -90,6 +90,7 @@ def fit_pilots(d: Design, records: dict[str, dict[str, Any]], corpus: Any, data:
                       min(r["effective_tokens"] for r in good),
                       max(r["effective_tokens"] for r in good)],
         "seq_len": d.seq_len, "precision": d.precision, "optimizer": "adamw",
+        "parametrization": d.parametrization if d.parametrization != "standard" else None,
         "eval_tokens": eval_tokens(d.seq_len, int(len(corpus.val))),
         "unique_tokens": unique,
         "bpb_per_nat": sum(ratios) / len(ratios) if ratios else None,

@@ -11,6 +11,7 @@ import typer
 from budgetlm.cli.budget import data_config, parse_budget
 from budgetlm.cli.plan_view import print_plan
 from budgetlm.cli.root import JsonOpt, app, console, err_console, guarded, print_json
+from budgetlm.config.kinds import Parametrization
 from budgetlm.errors import EXIT_INTERRUPTED
 
 PLAN_ROWS = 5
@@ -50,6 +51,11 @@ def calibrate(
     ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="bootstrap refits")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="seed of pilots and bootstrap")] = 0,
+    parametrization: Annotated[
+        Parametrization, typer.Option("--parametrization", help="the pilots' (and the plan's): "
+                                      "standard, or mup at the µP lr prior (Cerebras-GPT's "
+                                      "base lr 6e-3 at width 256)")
+    ] = "standard",
     no_plan: Annotated[
         bool, typer.Option("--no-plan", help="fit only; do not plan the rest of the budget")
     ] = False,
@@ -74,6 +80,7 @@ def calibrate(
             budget, data_cfg, output, fraction=fraction, levels=levels, sizes=sizes,
             level_ratio=level_ratio, size_spread=size_spread, seq_len=seq_len,
             bootstrap=bootstrap, seed=seed, write_plan=not no_plan, log=log,
+            parametrization=parametrization,
         )
     except CalibrationInterrupted as exc:
         err_console.print(str(exc), highlight=False, soft_wrap=True)

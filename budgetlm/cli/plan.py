@@ -13,6 +13,7 @@ from rich.table import Table
 from budgetlm.cli.budget import data_config, parse_budget, parse_count, parse_token_count
 from budgetlm.cli.plan_view import cell_duration, print_plan
 from budgetlm.cli.root import JsonOpt, app, console, err_console, guarded, print_json
+from budgetlm.config.kinds import Parametrization
 from budgetlm.errors import UserError
 from budgetlm.plan import TIMED
 from budgetlm.plan import plan as run_plan
@@ -89,6 +90,12 @@ ArchOpt = Annotated[
                  "GPU, gpt2 on a CPU or for --flops without --gpu)"),
 ]
 ScheduleOpt = Annotated[str, typer.Option("--schedule", help="wsd (default) or cosine")]
+ParametrizationOpt = Annotated[
+    Parametrization | None,
+    typer.Option("--parametrization", help="standard (default; lr from DeepSeek LLM's prior) or "
+                 "mup: µP configs at the µP lr prior, the same at every width (Cerebras-GPT's "
+                 "base lr 6e-3 at width 256); with --fit, the pilots'"),
+]
 TimingOpt = Annotated[
     bool | None,
     typer.Option(
@@ -143,6 +150,7 @@ def plan(
     precision: PrecisionOpt = None,
     arch: ArchOpt = None,
     schedule_name: ScheduleOpt = "wsd",
+    parametrization: ParametrizationOpt = None,
     timing: TimingOpt = None,
     timing_alias: TimingAliasOpt = None,
     top: TopOpt = 10,
@@ -163,7 +171,8 @@ def plan(
     check_task(task, finetune)
     if finetune is not None:
         given = {"--arch": arch, "--fit": fit_file, "--tokens": tokens, "--prior": prior,
-                 "--inference-tokens": inference_tokens, "--plot": plot}
+                 "--inference-tokens": inference_tokens, "--plot": plot,
+                 "--parametrization": parametrization}
         _plan_finetune(budget, finetune, data, tokenizer, seq_len, precision, schedule_name,
                        timing if timing is not None else timing_alias, given, top, output,
                        json_out, task)
@@ -175,32 +184,29 @@ def plan(
     fit = load_fit_file(fit_file) if fit_file is not None else None
     n_tokens = parse_token_count(tokens)
     data_cfg = data_config(data, tokenizer)
-    if timing is None:
-        timing = timing_alias
-    status = None
-    if budget.kind == "time" and timing is not False and not json_out:
-        status = err_console.status("planning (timing candidates on this machine)…")
-        status.start()
-    try:
-        result = run_plan(
-            budget,
-            data=data_cfg,
-            tokens=n_tokens,
-            prior=prior or "epoch",
-            fit=fit,
-            seq_lens=seq_len or None,
-            precisions=precision or None,
-            schedule=schedule_name,
-            timing=timing,
-            arch=arch,
-            inference=inference,
-        )
-    finally:
-        if status is not None:
-            status.stop()
+    result = _run_plan(
+        budget, json_out, data=data_cfg, tokens=n_tokens, prior=prior or "epoch", fit=fit,
+        seq_lens=seq_len or None, precisions=precision or None, schedule=schedule_name,
+        timing=timing if timing is not None else timing_alias, arch=arch, inference=inference,
+        parametrization=parametrization,
+    )
     if plot is not None:
         write_plot(result, plot)
     _show(result, print_plan, top, output, json_out)
+
+
+def _run_plan(budget: Any, json_out: bool, **options: Any) -> Any:
+    """`budgetlm.plan.plan(budget, **options)`, with a status line on the terminal while it
+    times candidates on this machine (a --time budget, not --json)."""
+    status = None
+    if budget.kind == "time" and options.get("timing") is not False and not json_out:
+        status = err_console.status("planning (timing candidates on this machine)…")
+        status.start()
+    try:
+        return run_plan(budget, **options)
+    finally:
+        if status is not None:
+            status.stop()
 
 
 def check_task(task: str, finetune: Path | None) -> None:

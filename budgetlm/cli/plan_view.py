@@ -33,8 +33,9 @@ def print_plan(p: Any, top: int) -> None:
     same = ""
     if sharded:
         shown, same = _sharded_columns(shown, p.candidates[:top], heads)
+    mup = " µP" if getattr(p, "parametrization", "standard") == "mup" else ""
     ranked = _table(
-        f"ranked {arch} candidates"
+        f"ranked {arch}{mup} candidates"
         + (" by training + inference cost" if getattr(p, "lifetime", None) else "")
         + f" (best {min(top, len(p.candidates))} of "
         f"{len(p.candidates)} feasible; N params, "

@@ -3,7 +3,7 @@ hyperparameter priors. Pure Python (no torch, no numpy), so `budgetlm plan` stay
 
 - `forms`: the loss laws L(N, D) (`LossLaw`; `ChinchillaLaw`, `KaplanLaw`, `MeanLaw`).
 - `priors`: published constants (CHINCHILLA, EPOCH, KAPLAN, `prior`), DeepSeek's lr and batch
-  priors, the context-length heuristic.
+  priors, the µP lr prior (Cerebras-GPT's base lr and width), the context-length heuristic.
 - `repetition`: Muennighoff et al.'s data-constrained scaling (effective data and parameters).
 - `fitfile`: a law fitted on this corpus, from a fit.json (`law_from_fit`).
 - `stats`: quantiles, prediction intervals, minimization on a log scale, interpolation.
@@ -18,11 +18,15 @@ from budgetlm.laws.priors import (
     DEEPSEEK_FIT_RANGE,
     EPOCH,
     KAPLAN,
+    MUP_BASE_LR,
+    MUP_BASE_WIDTH,
+    MUP_LR_SOURCE,
     PRIORS,
     context_excess,
     deepseek_batch_tokens,
     deepseek_lr,
     lr_prior,
+    mup_lr_prior,
     prior,
 )
 from budgetlm.laws.repetition import (
@@ -51,6 +55,9 @@ __all__ = [
     "EPOCH",
     "KAPLAN",
     "MUENNIGHOFF_MIN_PARAMS",
+    "MUP_BASE_LR",
+    "MUP_BASE_WIDTH",
+    "MUP_LR_SOURCE",
     "PRIORS",
     "R_D_STAR",
     "R_N_STAR",
@@ -74,6 +81,7 @@ __all__ = [
     "law_from_fit",
     "lr_prior",
     "minimize_log",
+    "mup_lr_prior",
     "optimal_split",
     "prior",
     "quantile",

@@ -26,7 +26,7 @@ KAPLAN_KEYS: tuple[str, ...] = ("n_c", "d_c", "alpha_n", "alpha_d")
 # What the flattened fit keeps beside the law: what predictions and plans need.
 FIT_FILE_CARRIED: tuple[str, ...] = (
     "bootstrap", "residual_std", "interval_level", "seq_len", "precision", "bpb_per_nat",
-    "unique_tokens", "fit_range", "data", "optimizer", "eval_tokens", "forms",
+    "unique_tokens", "fit_range", "data", "optimizer", "eval_tokens", "forms", "parametrization",
 )
 # The uncertainty of one form, kept with that form (not shared by a mean of forms).
 UNCERTAINTY_KEYS: tuple[str, ...] = ("bootstrap", "residual_std", "interval_level")

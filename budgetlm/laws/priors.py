@@ -11,6 +11,8 @@ token including attention), fitted for 1e17 ≤ C ≤ 2e19 with AdamW (0.9, 0.95
     lr_opt(C) = 0.3118 · C^-0.125,     B_opt(C) = 0.2920 · C^0.3271   (tokens per step)
 
 `lr_prior` holds the lr at its 1e17 value below the fitted range (see its docstring for why).
+That prior is for the standard parametrization; under µP (Yang et al. 2022) the lr is
+`mup_lr_prior`'s, the same at every width (Dey et al. 2023, Cerebras-GPT).
 """
 
 from __future__ import annotations
@@ -91,6 +93,35 @@ def deepseek_lr(flops: float) -> float:
 def deepseek_batch_tokens(flops: float) -> float:
     """B_opt = 0.2920 · C^0.3271 tokens per optimizer step."""
     return 0.2920 * flops**0.3271
+
+
+# ---------------------------------------------------------------------------------------------
+# µP learning-rate prior (Dey et al. 2023, Cerebras-GPT, Appendix G)
+
+MUP_BASE_WIDTH = 256  # d_model of Cerebras-GPT's µP proxy model (40M parameters)
+MUP_BASE_LR = 6e-3  # eta_base: the AdamW peak lr its hyperparameter search found
+MUP_LR_SOURCE = (
+    "Dey et al. 2023, Cerebras-GPT: Open Compute-Optimal Language Models Trained on the "
+    "Cerebras Wafer-Scale Cluster, Appendix G: µP base d_model 256, eta_base 6e-3 "
+    "(with sigma_base 0.08, m_emb 10), tuned on a 40M-parameter proxy and transferred to "
+    "111M-2.7B; the values of the Cerebras Model Zoo GPT-3 README's µP section"
+)
+
+
+def mup_lr_prior() -> tuple[float, int]:
+    """(lr, base_width): the AdamW peak lr under µP and the base width it was tuned at.
+
+    Under µP (Yang et al. 2022, "Tensor Programs V") the optimal lr of a given base width
+    transfers unchanged to every width: a model of width d trains at this lr with the
+    hidden matrices' Adam lr scaled by base_width / d (model.mup_base_width = base_width). Dey
+    et al. 2023 (Cerebras-GPT) searched it on a d_model = 256 proxy: eta_base = 6e-3, used for
+    their µP models from 111M to 2.7B parameters (MUP_LR_SOURCE). It is not a function of
+    compute, unlike the standard-parametrization `lr_prior` (DeepSeek LLM 2024). The same
+    search chose sigma_base = 0.08 and an embedding multiplier of 10, which budgetlm's µP does
+    not carry (it keeps model.init_std and no embedding multiplier): the lr is a prior, not a
+    transferred optimum of this model.
+    """
+    return MUP_BASE_LR, MUP_BASE_WIDTH
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ fit and finish. The steps:
    priced from the datasheet when asked for (`precision`), as an estimate only.
 4. Batch and learning rate from the DeepSeek LLM 2024 priors for the run's compute (below their
    fitted range the lr is held at its 1e17-FLOP value and the batch is capped so a short run
-   still takes PRIOR_MIN_STEPS steps); AdamW (0.9, 0.95 — 0.99 for small batches, as nanoGPT);
-   a WSD schedule (Hägele et al. 2024) to zero, driven by the binding cap so the run ends
-   annealed (`recipe`).
+   still takes PRIOR_MIN_STEPS steps); under µP (`parametrization="mup"`) the lr is instead
+   `laws.mup_lr_prior`'s, the same at every width (Cerebras-GPT's base lr 6e-3 at width 256),
+   and the exported model is µP relative to that width; AdamW (0.9, 0.95 — 0.99 for small
+   batches, as nanoGPT); a WSD schedule (Hägele et al. 2024) to zero, driven by the binding cap
+   so the run ends annealed (`recipe`).
 5. Prediction: L(N, D) of the chosen prior (`budgetlm.laws`), with repeated epochs priced by
    Muennighoff et al. 2023, plus a small labelled context-length heuristic; ranked lowest first
    (`planner`), with the Pareto front (`pareto`) and plan.json (`files`).

@@ -269,10 +269,14 @@ class LifetimeRecord(Record):
 class PlanFile(Record):
     """plan.json: every candidate of a plan, ranked, with the budget and the law behind it."""
 
-    omitted_when_none = frozenset({"lifetime"})
+    omitted_when_none = frozenset({"lifetime", "parametrization"})
 
     interpretation: str = Field(description="the budget interpreted, in one line")
     arch: str = Field(description="recipe of the candidates: gpt2, llama or moe")
+    parametrization: str | None = Field(
+        None, description="mup: the configs are µP (model.parametrization mup, "
+        "model.mup_base_width the lr prior's base width) and every lr is the µP prior's "
+        "(Dey et al. 2023, Cerebras-GPT), not DeepSeek's; left out: standard")
     budget: BudgetRecord
     device: DeviceRecord
     law: dict[str, Any] = Field(description="the loss law the candidates are ranked by")
@@ -311,6 +315,7 @@ class PlanFile(Record):
         return cls(
             interpretation=p.first_line,
             arch=p.arch,
+            parametrization=p.parametrization if p.parametrization != "standard" else None,
             budget=BudgetRecord(**p.budget.to_dict()),
             device=DeviceRecord(
                 kind=t.device, name=t.name, devices=t.devices, source=t.source,

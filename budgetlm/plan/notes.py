@@ -42,7 +42,8 @@ def _loss_note(ctx: PlanContext, data: DataConfig, data_given: bool) -> str:
 
 
 def _top_notes(top: Candidate, tgt: Target) -> list[str]:
-    """Memory beyond one GPU, extrapolation, repeated data, priors outside their range."""
+    """Memory beyond one GPU, extrapolation, repeated data, priors outside their range (the
+    lr's only under the standard parametrization: µP's is `mup_note`'s)."""
     notes = []
     if not tgt.memory_strict and top.memory_bytes and tgt.memory_limit \
             and top.memory_bytes > tgt.memory_limit:
@@ -65,16 +66,35 @@ def _top_notes(top: Candidate, tgt: Target) -> list[str]:
                        if top.epochs > 4 else "")
         )
     c_top = top.flops
+    # under µP the lr is not DeepSeek's (`mup_note`): only the batch prior is out of range
+    mup = top.parametrization == "mup"
+    what, priors = ("batch", "prior was") if mup else ("lr and batch", "priors were")
     if c_top < laws.DEEPSEEK_FIT_RANGE[0]:
         notes.append(
-            f"lr and batch: {c_top:.2g} FLOPs is below the range the DeepSeek LLM 2024 priors "
-            "were fitted on (1e17-2e19): lr held at its 1e17 value, batch extrapolated and "
-            f"capped to give at least {PRIOR_MIN_STEPS} steps"
+            f"{what}: {c_top:.2g} FLOPs is below the range the DeepSeek LLM 2024 {priors} "
+            f"fitted on (1e17-2e19): {'' if mup else 'lr held at its 1e17 value, '}batch "
+            f"extrapolated and capped to give at least {PRIOR_MIN_STEPS} steps"
         )
     elif c_top > laws.DEEPSEEK_FIT_RANGE[1]:
-        notes.append(f"lr and batch: DeepSeek LLM 2024 priors extrapolated to {c_top:.2g} FLOPs "
-                     "(fitted on 1e17-2e19)")
+        notes.append(f"{what}: DeepSeek LLM 2024 {priors.split()[0]} extrapolated to "
+                     f"{c_top:.2g} FLOPs (fitted on 1e17-2e19)")
     return notes
+
+
+def mup_note(top: Candidate) -> str | None:
+    """Which lr prior a µP plan uses, and what the exported model does with it (None under the
+    standard parametrization, whose lr note is DeepSeek's)."""
+    if top.parametrization != "mup":
+        return None
+    lr, base = laws.mup_lr_prior()
+    return (
+        f"lr: µP prior (Maximal Update Parametrization, Yang et al. 2022): {lr:g} at base width "
+        f"{base}, the same for every width, from Dey et al. 2023 (Cerebras-GPT µP: base "
+        f"d_model {base}, eta_base {lr:g}), not DeepSeek's compute-dependent prior; the "
+        f"exported model is µP relative to width {base} (top: d_model {top.shape.d_model}, "
+        f"hidden-matrix Adam lr x{base / top.shape.d_model:.3g}); batch from the DeepSeek LLM "
+        "2024 prior"
+    )
 
 
 def _time_notes(top: Candidate, tgt: Target, timed: list[str], busy: str | None,
@@ -112,6 +132,7 @@ def plan_notes(top: Candidate, ctx: PlanContext, data_description: str, data: Da
     """The notes of a plan whose best candidate is `top`, in the order they are shown."""
     return (
         [data_description, _loss_note(ctx, data, data_given)]
+        + [n for n in (mup_note(top),) if n]
         + _top_notes(top, ctx.target)
         + _time_notes(top, ctx.target, timed, busy, untimed)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from budgetlm.plan.pricing import (
     rough_compute,
     seq_lens_for,
 )
-from budgetlm.plan.recipe import predicted, run_config
+from budgetlm.plan.recipe import check_parametrization, predicted, run_config
 from budgetlm.plan.timing import TIMING_SECONDS, busy_note, time_and_rescale
 from budgetlm.plan.vocab import vocab_note
 from budgetlm.units import write_json
@@ -83,6 +84,7 @@ class Plan:
     max_epochs: float | None = None  # the repetition cap (`plan.data_limited`)
     marginal: list[dict[str, Any]] = field(default_factory=list)  # `plan.marginal`
     lifetime: dict[str, Any] | None = None  # `plan.lifetime` (inference tokens given)
+    parametrization: str = "standard"  # or mup: µP configs at `laws.mup_lr_prior`'s lr
 
     @property
     def loss_shown(self) -> str:
@@ -186,7 +188,10 @@ def data_info(data: DataConfig | None, tokens: int | None, tgt: Target) -> DataI
 
 
 def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
-                   precisions: list[str] | None) -> None:
+                   precisions: list[str] | None, arch: str | None, parametrization: str | None,
+                   optimizer: str) -> None:
+    check_parametrization(parametrization or "standard", optimizer, family)
+    check_arch(arch)
     if family != "gpt":
         raise UserError(f"--family: the planner plans gpt models only, got {family!r}")
     if schedule not in ("wsd", "cosine"):
@@ -290,6 +295,31 @@ def _time_runnable(setups: list[Candidate], ranked: list[Candidate], ctx: PlanCo
                             [c for c in ranked if not c.estimate_only], ctx, top)
 
 
+def _rank_timed(
+    setups: list[Candidate], ranked: list[Candidate], too_small: list[Candidate],
+    ctx: PlanContext, timing: bool | None, profile: Any, timing_top: int,
+    spent: Callable[[], float] | None,
+) -> tuple[list[Candidate], list[Candidate], list[str], str | None, bool]:
+    """(ranked, too small, timed, busy note, short): with `timing` (default: a --time budget on
+    this machine longer than the timing), real steps of the best `timing_top` timed and every
+    candidate finished again; `spent()` (planning so far) then comes out of the wall time.
+    short: the budget is shorter than the timing, so it was priced untimed."""
+    tgt = ctx.target
+    # timing steps is not worth more than the run itself: a short budget is priced untimed
+    short = (timing is None and tgt.kind == "time" and profile is None
+             and float(tgt.wall_seconds or 0.0) < TIMING_SECONDS)
+    if timing is None:
+        timing = tgt.kind == "time" and profile is None and not short
+    if not (timing and tgt.kind == "time" and ranked):
+        return ranked, too_small, [], None, short
+    timed = _time_runnable(setups, ranked, ctx, timing_top)
+    if spent is not None and tgt.wall_seconds is not None:
+        # what planning took so far, and the ranking below once more
+        tgt.wall_seconds = max(1.0, tgt.wall_seconds - spent())
+    ranked, too_small = _finish_all(setups, ctx)
+    return ranked, too_small, timed, busy_note(tgt), short
+
+
 def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None,
              max_epochs: float | None = None) -> dict[str, Any]:
     """The law's compute-optimal allocations at the top candidate's compute."""
@@ -315,16 +345,17 @@ def _optimal_params(optimum: dict[str, Any]) -> float:
 
 
 def _context(law: laws.LossLaw, tgt: Target, info: DataInfo, optimizer: str, family: str,
-             arch: str, fit: dict[str, Any] | None = None) -> PlanContext:
+             arch: str, fit: dict[str, Any] | None = None,
+             parametrization: str = "standard") -> PlanContext:
     """What pricing needs besides the shapes; the law's reference sequence length included;
     the repetition cap of limited data (`plan.data_limited`, from the law and `fit`'s pilots).
     A prior plans a BPE's vocabulary per candidate (`laws.vocabulary`); a fit is for its
-    pilots' tokenizer as it was."""
+    pilots' tokenizer as it was. `parametrization`: the candidates' (their lr prior)."""
     ref_seq = law.extra.get("seq_len") if law.kind == "fit" else REFERENCE_SEQ_LEN.get(law.name)
     cap, why = repetition_cap(law, fit)
     return PlanContext(tgt, law, info.unique, info.vocab, info.val_tokens, optimizer, family,
                        ref_seq, arch, max_epochs=cap if info.unique is not None else None,
-                       max_epochs_why=why,
+                       max_epochs_why=why, parametrization=parametrization,
                        choose_vocab=info.config.tokenizer == "bpe" and law.kind != "fit")
 
 
@@ -354,10 +385,13 @@ def _notes(top: Candidate, ctx: PlanContext, info: DataInfo, timed: list[str],
 
 def _fitted_defaults(
     law: laws.LossLaw, seq_lens: list[int] | None, precisions: list[str] | None,
-    arch: str | None,
-) -> tuple[list[int] | None, list[str] | None, str | None]:
+    arch: str | None, parametrization: str | None,
+) -> tuple[list[int] | None, list[str] | None, str | None, str]:
     """A fitted law is a statement about the pilots' sequence length, precision and recipe
-    (calibrate's pilots are gpt2 unless the fit says otherwise)."""
+    (calibrate's pilots are gpt2 unless the fit says otherwise) and parametrization (standard
+    unless the fit says mup); a prior plans the standard parametrization unless told."""
+    if parametrization is None:
+        parametrization = str(law.extra.get("parametrization") or "standard")
     if law.kind == "fit":
         if seq_lens is None and law.extra.get("seq_len"):
             seq_lens = [int(law.extra["seq_len"])]
@@ -365,7 +399,7 @@ def _fitted_defaults(
             precisions = [str(law.extra["precision"])]
         if arch is None:
             arch = str(law.extra.get("arch") or "gpt2")
-    return seq_lens, precisions, arch
+    return seq_lens, precisions, arch, parametrization
 
 
 def _beyond_budget(ranked: list[Candidate], setups: list[Candidate], ctx: PlanContext,
@@ -405,6 +439,7 @@ def plan(
     spend_planning: bool = False,
     arch: str | None = None,
     inference: Inference | None = None,
+    parametrization: str | None = None,
 ) -> Plan:
     """Rank candidate configurations for `budget`; see the package docstring.
 
@@ -418,38 +453,30 @@ def plan(
     timing_top: how many are timed exactly. inference: tokens served, `plan.lifetime`.
     arch: the recipe of the candidates, gpt2, llama or moe (`budgetlm.plan.arch`); default llama
     on a GPU, gpt2 on a CPU and for a FLOP budget with no GPU (and the pilots' recipe for a
-    fitted law).
+    fitted law). parametrization: standard or mup (`recipe.check_parametrization`): the lr
+    prior (DeepSeek's or µP's, `laws.mup_lr_prior`) and the exported model; default standard,
+    or the fitted law's pilots'.
     spend_planning: a --time budget that counts from now: the time this planning takes (the
     timing of steps above all) comes out of the run's wall time.
     """
     t0 = time.perf_counter()
-    _check_options(family, schedule, seq_lens, precisions)
-    check_arch(arch)
+    _check_options(family, schedule, seq_lens, precisions, arch, parametrization, optimizer)
     law = laws.law_from_fit(fit) if fit is not None else laws.prior(prior)
-    seq_lens, precisions, arch = _fitted_defaults(law, seq_lens, precisions, arch)
+    seq_lens, precisions, arch, parametrization = _fitted_defaults(
+        law, seq_lens, precisions, arch, parametrization)
     tgt = resolve_target(budget, profile)
     info = data_info(data, tokens, tgt)
-    ctx = _context(law, tgt, info, optimizer, family, arch or default_arch(tgt.device), fit)
+    ctx = _context(law, tgt, info, optimizer, family, arch or default_arch(tgt.device), fit,
+                   parametrization)
     arch = ctx.arch
     precs = precisions_for(tgt, precisions)
     if not precs:
         raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
     setups, infeasible, fell_back = _candidates(law, ctx, precs, seq_lens)
     ranked, too_small, t_finish = _finish_timed(setups, ctx)
-    timed: list[str] = []
-    busy = None
-    # timing steps is not worth more than the run itself: a short budget is priced untimed
-    short = (timing is None and tgt.kind == "time" and profile is None
-             and float(tgt.wall_seconds or 0.0) < TIMING_SECONDS)
-    if timing is None:
-        timing = tgt.kind == "time" and profile is None and not short
-    if timing and tgt.kind == "time" and ranked:
-        timed = _time_runnable(setups, ranked, ctx, timing_top)
-        if spend_planning and tgt.wall_seconds is not None:
-            # what planning took so far, and the ranking below once more
-            tgt.wall_seconds = max(1.0, tgt.wall_seconds - (time.perf_counter() - t0 + t_finish))
-        ranked, too_small = _finish_all(setups, ctx)
-        busy = busy_note(tgt)
+    spent = (lambda: time.perf_counter() - t0 + t_finish) if spend_planning else None
+    ranked, too_small, timed, busy, short = _rank_timed(setups, ranked, too_small, ctx, timing,
+                                                        profile, timing_top, spent)
     infeasible += too_small
     if not ranked:
         raise UserError(why_nothing(budget, tgt, infeasible))
@@ -465,5 +492,6 @@ def plan(
         infeasible=infeasible, front=pareto(ranked, axes), pareto_axes=axes,
         optimum=optimum, notes=notes + lifetime_notes(extra["lifetime"]), timed=timed,
         optimizer=optimizer, schedule=schedule, family=family, seed=seed,
-        elapsed_s=time.perf_counter() - t0, arch=arch, max_epochs=ctx.max_epochs, **extra,
+        elapsed_s=time.perf_counter() - t0, arch=arch, max_epochs=ctx.max_epochs,
+        parametrization=parametrization, **extra,
     )

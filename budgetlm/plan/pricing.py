@@ -2,7 +2,8 @@
 
 `price_candidates` fits (shape, sequence length) in memory in each precision and prices its
 throughput; `finish_candidate` spends the budget on it: tokens, the global batch and learning
-rate from the DeepSeek LLM 2024 priors, and the predicted loss of the plan's law.
+rate from the DeepSeek LLM 2024 priors (under µP the lr of `laws.mup_lr_prior` instead), and the
+predicted loss of the plan's law.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Candidate:
     step: Any = field(default=None, repr=False)  # that price at this candidate's batch
     capped: bool = False  # its tokens held at the repetition cap (`plan.data_limited`)
     vocab_chosen: bool = False  # vocab_size from the vocabulary law (the exported BPE's size)
+    parametrization: str = "standard"  # or mup: its lr is then `laws.mup_lr_prior`'s
 
     def __post_init__(self) -> None:
         if not self.active_params:
@@ -136,6 +138,7 @@ class PlanContext:
     max_epochs: float | None = None  # the repetition cap (`plan.data_limited`); None: none
     max_epochs_why: str = ""  # where that cap comes from, in words
     choose_vocab: bool = False  # a BPE's size per candidate (`laws.vocabulary`), not `vocab`
+    parametrization: str = "standard"  # standard or mup (the lr prior and the exported model)
     # (precision, layout) -> (ladder size, sequence length) of the models whose micro-batch 1
     # did not fit one GPU in that layout (`plan.parallel`): a larger model at a longer
     # sequence does not fit either
@@ -297,13 +300,23 @@ def finish_candidate(c: Candidate, ctx: PlanContext) -> Candidate:
         return c
     if tgt.kind != "time":
         c.tokens = c.steps * c.batch_tokens  # a token cap: whole steps
-    c.lr = laws.lr_prior(max(compute, 1.0))
+    c.parametrization = ctx.parametrization
+    c.lr = prior_lr(compute, ctx.parametrization)
     if c.tokens_per_s:
         c.seconds = c.tokens / c.tokens_per_s + eval_overhead
     if c.memory_model is not None:
         c.memory_bytes = c.memory_model(c.micro_batch)
     _predict_loss(c, ctx)
     return c
+
+
+def prior_lr(compute: float, parametrization: str) -> float:
+    """The peak AdamW lr of a run of `compute` FLOPs: DeepSeek LLM 2024's prior under the
+    standard parametrization (`laws.lr_prior`), µP's base lr under mup (`laws.mup_lr_prior`:
+    the same at every width and compute)."""
+    if parametrization == "mup":
+        return laws.mup_lr_prior()[0]
+    return laws.lr_prior(max(compute, 1.0))
 
 
 def finished_copy(c: Candidate, ctx: PlanContext) -> Candidate:

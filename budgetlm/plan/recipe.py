@@ -5,6 +5,9 @@ calibrate's pilots both come from it (the pilots differ only in name, evaluation
 checkpoints, device and meta). AdamW as in DeepSeek LLM (0.9, 0.95, wd 0.1); a WSD schedule
 (Hägele et al. 2024) to zero, driven by the binding cap so the run ends annealed.
 `trial_config` builds a tuner trial's config from a base, sampled parameters and the trial cap.
+Under µP (`parametrization` mup) the model is µP relative to `laws.mup_lr_prior`'s base width
+and the lr is that prior's (Dey et al. 2023), not DeepSeek's; `check_parametrization` refuses
+what µP has no rule for.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from budgetlm.config import (
     set_path,
     validate,
 )
+from budgetlm.config.kinds import NO_MUP_RULE
 from budgetlm.errors import UserError
 from budgetlm.estimate import training_flops_per_token
 from budgetlm.plan.arch import MOE_LOSS_RULE
@@ -33,6 +37,32 @@ from budgetlm.plan.precision import ESTIMATE_ONLY
 from budgetlm.plan.pricing import TIME_EVALS, Candidate, model_config
 
 SMALL_BATCH_TOKENS = 16384  # below this many tokens per step, AdamW beta2 = 0.99
+PARAMETRIZATIONS = ("standard", "mup")
+
+
+def check_parametrization(parametrization: str, optimizer: str = "adamw",
+                          family: str = "gpt") -> None:
+    """--parametrization: standard or mup; µP needs an optimizer with a width rule (not
+    adafactor or lamb, `config.kinds.NO_MUP_RULE`) and a gpt or bert model (not t5). UserError
+    in one line otherwise."""
+    if parametrization not in PARAMETRIZATIONS:
+        raise UserError(f"--parametrization: expected standard or mup, got {parametrization!r}")
+    if parametrization != "mup":
+        return
+    if optimizer in NO_MUP_RULE:
+        raise UserError(f"--parametrization mup: {optimizer} has no µP rule "
+                        f"({NO_MUP_RULE[optimizer]}); plan it with adamw")
+    if family == "t5":
+        raise UserError("--parametrization mup: applies to gpt and bert, not t5 (t5 scales its "
+                        "own logits)")
+
+
+def parametrization_fields(c: Candidate) -> dict[str, Any]:
+    """The model fields of candidate `c`'s parametrization: under mup, µP relative to the lr
+    prior's base width (`laws.mup_lr_prior`); none under the standard one (its defaults)."""
+    if c.parametrization != "mup":
+        return {}
+    return {"parametrization": "mup", "mup_base_width": laws.mup_lr_prior()[1]}
 
 
 def schedule_config(c: Candidate, schedule: str) -> ScheduleConfig:
@@ -144,8 +174,9 @@ def run_config(
     budget: Budget | None = None, name: str | None = None, meta: dict[str, Any] | None = None,
     **train_options: Any,
 ) -> RunConfig:
-    """Candidate `c` as a runnable RunConfig: model, AdamW, schedule, caps, evaluation, and
-    `meta` (default: the plan's provenance and `predicted`, which needs `budget`).
+    """Candidate `c` as a runnable RunConfig: model (µP when `c.parametrization` is mup),
+    AdamW at `c.lr`, schedule, caps, evaluation, and `meta` (default: the plan's provenance and
+    `predicted`, which needs `budget`).
 
     name: default `plan-<shape>`; train_options: `train_config`'s keyword arguments.
     An estimate-only candidate (fp8) has no config: UserError.
@@ -163,7 +194,8 @@ def run_config(
             "predicted": predicted(c, law=law, unique_tokens=unique_tokens, target=target),
         }
     model = model_config(c.shape, c.seq_len, c.vocab_size, family).model_copy(
-        update={"dropout": dropout_for(c.epochs)})  # regularized when the data repeats
+        update={"dropout": dropout_for(c.epochs),  # regularized when the data repeats
+                **parametrization_fields(c)})
     if c.vocab_chosen and data.tokenizer == "bpe":  # the BPE trained at the planned size
         data = data.model_copy(update={"bpe_vocab_size": c.vocab_size})
     return RunConfig(
