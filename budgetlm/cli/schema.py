@@ -60,6 +60,12 @@ def _fit_schema() -> str:
     return _model_schema(FitFile)
 
 
+def _around_schema() -> str:
+    from budgetlm.tune.around_files import AroundFile
+
+    return _model_schema(AroundFile)
+
+
 SCHEMAS: dict[str, Callable[[], str]] = {
     "run": _run_schema,
     "study": _study_schema,
@@ -67,6 +73,7 @@ SCHEMAS: dict[str, Callable[[], str]] = {
     "plan-finetune": _finetune_plan_schema,
     "result": _result_schema,
     "fit": _fit_schema,
+    "around": _around_schema,
 }
 
 
@@ -77,8 +84,8 @@ def schema(
         str,
         typer.Argument(
             help="run (RunConfig), study (StudySpec), plan (plan.json), plan-finetune "
-            "(plan.json of plan --finetune), result (result.json) "
-            "or fit (fit.json)"
+            "(plan.json of plan --finetune), result (result.json), fit (fit.json) "
+            "or around (around.json of tune --around)"
         ),
     ] = "run",
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,21 @@ from budgetlm.tune.study import Tuner, open_study
 
 
 def run_study(study: Study, workers: int | None = None, console: Any = None,
-              quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) the study until its budget is spent; write the outputs; the summary."""
+              quiet: bool = False,
+              after: Callable[[Tuner, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the study until its budget is spent; write the outputs; the summary.
+    `after(tuner, summary)` runs once the outputs are written, while the tuner's trial
+    launcher is still up (`tune --around` trains its transferred config with it)."""
     interactive = console is not None and console.is_terminal and not quiet
     log = None if (quiet or console is None or interactive) else (
         lambda msg: console.print(msg, highlight=False, soft_wrap=True)
     )
     tuner = Tuner(study, workers, log=log)
     try:
-        return _run(tuner, study, console, quiet, interactive)
+        summary = _run(tuner, study, console, quiet, interactive)
+        if after is not None:
+            after(tuner, summary)
+        return summary
     finally:
         tuner.close()
 

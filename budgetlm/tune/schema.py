@@ -135,6 +135,25 @@ class StudySpec(StrictModel):
     space: dict[str, Param] = Field(
         min_length=1, description="dotted RunConfig path -> distribution"
     )
+    around: str | None = Field(
+        None,
+        description="a planned RunConfig YAML (as `budgetlm plan -o` writes; relative to the "
+        "study file): tune µP proxies of it, transfer the best to its width and train that "
+        "with the rest of its time (budgetlm.tune.around); base, trial_cap, budget and space "
+        "may then be omitted: they are derived from the plan",
+    )
+    share: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="around: share of the plan's time spent tuning (default 0.2)",
+    )
+    proxy_width: int | None = Field(
+        None, ge=1,
+        description="around: d_model of the proxies (default d_model / 4, whole even heads, "
+        "at least 32)",
+    )
+    train_after: bool = Field(
+        True, description="around: train the transferred config with the time that is left"
+    )
 
     @field_validator("sampler", "pruner", mode="before")
     @classmethod
@@ -171,6 +190,12 @@ class StudySpec(StrictModel):
                 raise field_error(key, f"unknown key{did}")
         return v
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _drop_removed(cls, v: Any) -> Any:
+        """A null entry removes a parameter (`--set space.PATH=null`)."""
+        return {k: d for k, d in v.items() if d is not None} if isinstance(v, dict) else v
+
     @field_validator("fixed", "space")
     @classmethod
     def _param_paths(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +212,12 @@ class StudySpec(StrictModel):
                 dist = self.space[key]
                 if isinstance(dist, CategoricalParam) and value not in dist.choices:
                     raise field_error(f"enqueue[{i}].{key}", f"{value!r} is not one of the choices")
+        if self.around is None:
+            for key in ("share", "proxy_width"):
+                if getattr(self, key) is not None:
+                    raise field_error(key, "only with around (a plan to tune around)")
+            if not self.train_after:
+                raise field_error("train_after", "only with around (a plan to tune around)")
         if len(self.objectives) > 1 and self.sampler.type == "cmaes":
             raise field_error("sampler", "cmaes is single-objective; use tpe, nsga2 or gp")
         return self

@@ -2,9 +2,11 @@
 its base config resolved.
 
 Every sampled trial config is built from `base` + `data` + `fixed` + the sampled values + the
-trial cap, then validated and estimated before it may run (budgetlm.tune.trials). The names a
-study file is made of are importable from here as well (`StudySpec`, `TrialCap`, the
-distributions, `CAP_FIELDS`, `AXIS_SCALE`, `check_storage_url`, `study_json_schema`).
+trial cap, then validated and estimated before it may run (budgetlm.tune.trials). A study that
+names a plan (`around`, or `tune --around`) gets what it leaves out derived from the plan first
+(budgetlm.tune.around). The names a study file is made of are importable from here as well
+(`StudySpec`, `TrialCap`, the distributions, `CAP_FIELDS`, `AXIS_SCALE`, `check_storage_url`,
+`study_json_schema`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from budgetlm.config import (
 )
 from budgetlm.errors import UserError
 from budgetlm.runner.caps import AXIS_SCALE, AXIS_UNIT, CAP_FIELDS, CAP_KINDS, CapKind, TrialCap
+from budgetlm.tune.around import AroundOptions, derive_around, with_options
 from budgetlm.tune.params import CategoricalParam, FloatParam, IntParam, Param
 from budgetlm.tune.schema import (
     OBJECTIVES,
@@ -43,8 +46,8 @@ from budgetlm.tune.storage import check_storage_url
 __all__ = [
     "AXIS_SCALE", "AXIS_UNIT", "CAP_FIELDS", "CAP_KINDS", "OBJECTIVES", "BudgetSpec",
     "CapKind", "CategoricalParam", "FloatParam", "IntParam", "Objective", "Param", "PrunerSpec",
-    "SamplerSpec", "Study", "StudySpec", "TrialCap", "apply_study_overrides", "check_storage_url",
-    "format_study_error", "load_study", "study_json_schema",
+    "SamplerSpec", "Study", "StudySpec", "TrialCap", "apply_study_overrides", "around_study",
+    "build_study", "check_storage_url", "format_study_error", "load_study", "study_json_schema",
 ]
 
 
@@ -80,12 +83,12 @@ def apply_study_overrides(raw: dict[str, Any], overrides: list[str] | None) -> d
                 raise UserError(f"--set {item}: space is not a mapping")
             whole = ".".join(path[1:])
             if len(path) >= 2 and (whole in space or isinstance(value, dict) or value is None):
-                if value is None:
-                    space.pop(whole, None)
-                else:
-                    space[whole] = value
+                space[whole] = value  # null removes it (also a parameter `around` derives)
             elif len(path) >= 3:
-                space.setdefault(".".join(path[1:-1]), {})[path[-1]] = value
+                key = ".".join(path[1:-1])
+                if not isinstance(space.get(key), dict):
+                    space[key] = {}
+                space[key][path[-1]] = value
             else:
                 raise UserError(f"--set {item}: expected space.PATH.ATTR=value")
         elif head == "data" and len(path) > 1:
@@ -138,7 +141,7 @@ def _resolve_base(base: str, study_dir: Path) -> str:
     )
 
 
-def _check_objectives(spec: StudySpec, base: dict[str, Any], p: Path) -> None:
+def _check_objectives(spec: StudySpec, base: dict[str, Any], p: str | Path) -> None:
     """Objectives the base config's task measures: val_bpb is not measured for classification
     (use val_error or val_loss), val_error only is."""
     task = base.get("task", "lm")
@@ -151,27 +154,45 @@ def _check_objectives(spec: StudySpec, base: dict[str, Any], p: Path) -> None:
 
 
 def load_study(
-    path: str | Path, overrides: list[str] | None = None, storage: str | None = None
+    path: str | Path, overrides: list[str] | None = None, storage: str | None = None,
+    options: AroundOptions | None = None,
 ) -> Study:
     """Read, override and validate a study file; resolve its base config. UserError on any
     mistake, naming the field."""
     p = Path(path)
-    raw = read_yaml(p)
-    raw = apply_study_overrides(raw, overrides)
+    return build_study(read_yaml(p), p, overrides, storage, options)
+
+
+def around_study(plan: str | Path, overrides: list[str] | None = None,
+                 storage: str | None = None, options: AroundOptions | None = None) -> Study:
+    """The study of `budgetlm tune --around PLAN.yaml` (no study file; see budgetlm.tune.around)."""
+    return build_study({"around": str(plan)}, None, overrides, storage, options)
+
+
+def build_study(raw: dict[str, Any], path: Path | None, overrides: list[str] | None,
+                storage: str | None, options: AroundOptions | None = None) -> Study:
+    """A study from the mapping `raw` of study file `path` (None: the command line's
+    `--around`): overridden, derived from its plan when it names one, validated, its base
+    config resolved."""
+    raw = with_options(apply_study_overrides(raw, overrides), options)
+    if raw.get("around") is not None:
+        raw = derive_around(raw, path.parent if path is not None else None,
+                            str(path) if path is not None else None)
+    label = str(path) if path is not None else f"--around {raw.get('around')}"
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{p}: {format_study_error(exc)}") from None
+        raise UserError(f"{label}: {format_study_error(exc)}") from None
     if storage is not None:
         try:
             check_storage_url(storage)
         except ValueError as exc:
             raise UserError(f"--storage: {exc}") from None
-    base_spec = _resolve_base(spec.base, p.parent)
+    base_spec = _resolve_base(spec.base, path.parent if path is not None else Path("."))
     try:
         base_cfg = load_config(base_spec)
     except UserError as exc:
-        raise UserError(f"{p}: base: {exc}") from None
+        raise UserError(f"{label}: base: {exc}") from None
     base = base_cfg.model_dump(mode="json")
     if spec.data:
         base["data"].update(copy.deepcopy(spec.data))
@@ -180,6 +201,7 @@ def load_study(
     try:
         validate(base, source="data/fixed")
     except UserError as exc:
-        raise UserError(f"{p}: {exc}") from None
-    _check_objectives(spec, base, p)
-    return Study(spec, p, base, base_spec, storage_override=storage)
+        raise UserError(f"{label}: {exc}") from None
+    _check_objectives(spec, base, label)
+    return Study(spec, path if path is not None else Path(str(spec.around)), base, base_spec,
+                 storage_override=storage)

@@ -193,7 +193,7 @@ class Tuner:
             if t.params:
                 st.retry(self.obj.enqueue_trial, t.params, user_attrs={"retry_of": t.number})
 
-    def _launcher(self) -> Any:
+    def current_launcher(self) -> Any:
         """The fork server, or spawning if it has died (it should not; a trial cannot kill it)."""
         dead = getattr(self.launcher, "dead", None)
         if dead is not None and dead():
@@ -291,7 +291,7 @@ class Tuner:
             cfg, self.study.outdir / "trials" / str(number), self.spec.trial_cap,
             report=PruneReporter(trial, self.spec), stop=self.stop,
             heartbeat=st.Heartbeat(trial), on_start=on_start, on_eval=on_eval, env=env,
-            launcher=self._launcher(),
+            launcher=self.current_launcher(),
         )
         self.child_pids.pop(number, None)
         return out

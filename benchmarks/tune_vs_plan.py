@@ -1,0 +1,149 @@
+"""Tuning that pays for itself? The plan alone vs `tune --around` the plan, at equal wall time.
+
+The budget B (default 600 s) is wall-clock time on this CPU, tuning included:
+
+1. Corpus: the ~1 MB offline text of `common.make_corpus` (stdlib docstrings, not the tuner's
+   default corpus `builtin:pystdlib`), character-level. Its last 10% is a held-out file that
+   neither the plan, the proxies nor the final runs ever see.
+2. Plan: `budgetlm plan --time B --data TRAIN --tokenizer char --no-calibrate -o plan.yaml`.
+3. Plan alone, twice (seeds 0 and 1): `budgetlm train plan.yaml` for the whole B. The two runs
+   measure the run-to-run scatter (seed and timing) of the plan alone.
+4. Tuned: `budgetlm tune --around plan.yaml --share S`: µP proxies of the planned model are
+   tuned for S x B, the best proxy's hyperparameters are transferred to the planned width under
+   µP, and that model trains for what is left of B (the command's whole wall time is B plus
+   process start-up).
+5. Every final model (its best checkpoint when the run kept one, else its last) is evaluated on
+   the whole held-out file: bits per byte.
+
+The tuned run wins when its held-out bpb is lower than both plan-alone runs by more than their
+difference. Prints a table and appends it to benchmarks/RESULTS.md. Takes about 3 x B plus a
+minute; run it alone.
+
+    python benchmarks/tune_vs_plan.py [--budget 600] [--share 0.2] [--workers 2]
+                                      [--workdir DIR] [--no-append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_results, machine, make_corpus, run_cli  # noqa: E402
+from data_limited import heldout_loss, split_corpus  # noqa: E402
+
+
+def plan_alone(plan: Path, work: Path, seed: int, env: dict[str, str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res, _ = run_cli("train", str(plan), "--run-dir", str(work / f"plan-seed{seed}"),
+                     "--set", f"seed={seed}", "--quiet", env=env)
+    return {"run": f"plan alone (seed {seed})", "result": res,
+            "wall": time.perf_counter() - t0, "run_dir": Path(res["run_dir"])}
+
+
+def tuned(plan: Path, work: Path, args: argparse.Namespace,
+          env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`budgetlm tune --around` in `work` (its study and final run under work/runs/around)."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "budgetlm", "tune", "--around", str(plan), "--share",
+           f"{args.share:g}", "--name", "around", "--workers", str(args.workers), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"budgetlm tune --around failed (exit {out.returncode})")
+    summary = json.loads(out.stdout)
+    run_dir = work / summary["final"]["run_dir"]
+    res = json.loads((run_dir / "result.json").read_text())
+    row = {"run": f"tune --around (share {args.share:g}) + train", "result": res,
+           "wall": wall, "run_dir": run_dir}
+    return row, summary
+
+
+def table(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        f"## tune_vs_plan — {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        f"Machine: {machine()}. Command: `python benchmarks/tune_vs_plan.py --budget "
+        f"{args.budget:g} --share {args.share:g} --workers {args.workers}`. Corpus: stdlib "
+        "docstrings (1,000,000 chars, char tokenizer), the last 10% held out from everything; "
+        f"{args.budget:g} s of wall time per arm, tuning included.",
+        "",
+        "| run | params | steps | tokens | wall s | held-out bpb | held-out loss |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        res = r["result"]
+        lines.append(f"| {r['run']} | {res['params']:,} | {res['steps']:,} | "
+                     f"{res['tokens']:,} | {r['wall']:.0f} | {r['bpb']:.4f} | {r['loss']:.4f} |")
+    a, b, t = rows[0]["bpb"], rows[1]["bpb"], rows[2]["bpb"]
+    scatter = abs(a - b)
+    margin = min(a, b) - t
+    tr = summary["trials"]
+    ps, ts = summary["plan_settings"], summary.get("transferred_settings") or {}
+    lines += [
+        "",
+        f"Tuning: proxies of width {summary['proxy_width']} (the plan's {summary['d_model']}, "
+        f"m = {summary['width_mult']:g}), {tr['total']} trials ({tr['complete']} complete, "
+        f"{tr['pruned']} pruned, {tr['failed']} failed), {summary['tuning_seconds']:.0f} s "
+        f"= {100 * summary['tuning_fraction']:.0f}% of the budget. Plan alone: "
+        f"{_settings(ps)}; transferred (µP): {_settings(ts)}.",
+        "",
+        f"Plan-alone scatter {scatter:.4f} bpb; the tuned run is {margin:+.4f} bpb below the "
+        f"better plan-alone run: **{'wins' if margin > scatter else 'does not win'}** by the "
+        "acceptance rule (margin larger than the scatter).",
+    ]
+    return "\n".join(lines)
+
+
+def _settings(s: dict[str, Any]) -> str:
+    if not s:
+        return "none"
+    out = (f"{s['optimizer']} lr {s['lr']:.3g} (hidden {s['hidden_lr'] or 0:.3g}), init "
+           f"{s['init_std']:.3g}, {s['batch_tokens']} tokens/step, warmup "
+           f"{s['warmup_fraction']:.3g}")
+    if s.get("decay_fraction") is not None:
+        out += f", decay {s['decay_fraction']:.3g}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=600.0, help="wall seconds per arm")
+    ap.add_argument("--share", type=float, default=0.2, help="share of the budget to tune")
+    ap.add_argument("--workers", type=int, default=2, help="proxy trials at once")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args(argv)
+    import os
+    import tempfile
+
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="budgetlm-tune-vs-plan-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    train_txt, held = split_corpus(make_corpus(work / "stdlib_docstrings.txt"), work)
+    plan = work / "plan.yaml"
+    run_cli("plan", "--time", f"{args.budget:g}s", "--data", str(train_txt), "--tokenizer",
+            "char", "--no-calibrate", "-o", str(plan), env=env)
+    rows = [plan_alone(plan, work, 0, env), plan_alone(plan, work, 1, env)]
+    tuned_row, summary = tuned(plan, work, args, env)
+    rows.append(tuned_row)
+    for r in rows:
+        r["loss"], r["bpb"], _ = heldout_loss(r["run_dir"], held)
+        print(f"{r['run']}: held-out bpb {r['bpb']:.4f} ({r['wall']:.0f} s)", flush=True)
+    text = table(rows, summary, args)
+    print()
+    print(text)
+    if not args.no_append:
+        append_results(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""`budgetlm tune --around PLAN.yaml`: the study of small µP proxies of a planned model, derived
+from the plan. (What runs it, transfers the best proxy and trains the planned width with the
+time that is left: budgetlm.tune.around_run.)
+
+µTransfer (Yang et al. 2022, "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot
+Hyperparameter Transfer"): under the Maximal Update Parametrization the best learning rate,
+initialization scale, batch size and schedule of a narrow model hold for a wider one of the same
+depth, so they can be tuned on a model a fraction of the size. From the plan:
+
+- its total wall time T: `train.max_time`, else `meta.predicted.seconds`; tuning gets `share`·T
+  (default 0.2) as the study's time budget, and each trial a time cap of a sixth of that (the
+  median pruner acts on the time axis, as in every study);
+- the proxy: the plan with d_model = the proxy width (default d_model/4 rounded down to a
+  multiple of 2·n_head, so every head keeps an even whole width; at least 32 and below d_model),
+  d_ff, d_expert and d_head scaled by the same ratio when they are set, depth, heads, context,
+  data and tokenizer unchanged; `parametrization: mup` with the proxy as its own base (width
+  multiplier 1: the same model as the standard one); the plan's prediction is dropped (it is the
+  planned width's);
+- the space: lr log-uniform [lr/10, 10·lr] (from lr/30 when Lion is a choice: its lr is 3-10x
+  smaller than AdamW's, Chen et al. 2023), init_std log-uniform [0.005, 0.08], the batch x1/2,
+  x1, x2 (through grad_accum while that stays whole, else the micro-batch), warmup_fraction
+  [0, 0.1], decay_fraction [0.1, 0.5] for wsd (min_lr_ratio [0, 0.2] for linear and cosine),
+  optimizer {the plan's, lion}; each range widened to hold the plan's own value, and the plan's
+  own values run first (enqueued).
+
+What a study file or `--set` gives overrides what is derived (a `space` entry whole, or one of
+its attributes; a null entry removes a parameter).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from budgetlm.config import ModelConfig, RunConfig, TrainConfig, load_config, read_yaml
+from budgetlm.config.kinds import NO_MUP_RULE
+from budgetlm.errors import UserError
+from budgetlm.runner.caps import CAP_KINDS
+
+DEFAULT_SHARE = 0.2
+TRIALS_PER_BUDGET = 6  # default trial cap: the tuning budget / 6
+MIN_PROXY_WIDTH = 32
+LR_SPAN = 10.0  # lr from plan lr / 10 to plan lr x 10
+LION_LR_SPAN = 30.0  # ... from plan lr / 30 when Lion is one of the optimizers
+INIT_STD_RANGE = (0.005, 0.08)
+WARMUP_RANGE = (0.0, 0.1)
+DECAY_RANGE = (0.1, 0.5)
+MIN_LR_RANGE = (0.0, 0.2)
+# What sets the proxy's shape: never transferred from a trial to the planned width.
+WIDTH_PATHS = frozenset({"model.d_model", "model.d_ff", "model.d_expert", "model.d_head",
+                         "model.parametrization", "model.mup_base_width"})
+
+
+@dataclass(frozen=True)
+class AroundOptions:
+    """`budgetlm tune` flags that shape a study (None: not given)."""
+
+    share: float | None = None
+    proxy_width: int | None = None
+    trial_time: float | None = None
+    train_after: bool | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """The plan a study is tuned around: its file, its config and its total wall seconds."""
+
+    path: Path
+    config: RunConfig
+    seconds: float
+    time_source: str  # train.max_time or meta.predicted.seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+def resolve_plan(around: Any, study_dir: Path | None, where: str) -> Path:
+    """The plan file `around` names: relative to the cwd, else to the study file's folder."""
+    if not isinstance(around, str) or not around.strip():
+        raise UserError(f"{where}: expected the path of a plan YAML (budgetlm plan -o)")
+    p = Path(around)
+    if p.is_file():
+        return p
+    if study_dir is not None and not p.is_absolute() and (study_dir / p).is_file():
+        return study_dir / p
+    if p.is_dir():
+        raise UserError(f"{where} {around}: is a directory; expected a plan YAML")
+    raise UserError(f"{where} {around}: no such file")
+
+
+def read_plan(path: Path) -> PlannedRun:
+    """The plan at `path`: a RunConfig YAML with a model and a time (`train.max_time`, else
+    `meta.predicted.seconds`) whose optimizer has a µP rule; UserError naming what is missing."""
+    raw = read_yaml(path)
+    if not isinstance(raw.get("model"), dict) and "preset" not in raw:
+        raise UserError(f"{path}: no model section (tune --around needs a RunConfig YAML as "
+                        "`budgetlm plan -o` writes)")
+    cfg = load_config(str(path))
+    seconds, source = cfg.train.max_time, "train.max_time"
+    if seconds is None:
+        predicted = cfg.meta.get("predicted")
+        seconds = predicted.get("seconds") if isinstance(predicted, dict) else None
+        source = "meta.predicted.seconds"
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"{path}: no time to divide: neither train.max_time nor "
+                        "meta.predicted.seconds is set (plan with --time, or set train.max_time)")
+    name = cfg.optim.name
+    if name in NO_MUP_RULE:
+        raise UserError(f"{path}: optim.name: {name} has no µP rule ({NO_MUP_RULE[name]}); "
+                        "tune --around transfers through µP: plan with adamw, adam, lion, sgd, "
+                        "rmsprop or muon")
+    if cfg.model.family == "t5":
+        raise UserError(f"{path}: model.family: t5 has no µP rule here (it scales its own "
+                        "logits); tune --around needs gpt or bert")
+    if cfg.model.from_pretrained is not None:
+        raise UserError(f"{path}: model.from_pretrained: a pretrained model has its width; "
+                        "tune --around needs a model trained from scratch")
+    return PlannedRun(path, cfg, float(seconds), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The proxy
+
+
+def head_step(model: ModelConfig) -> int:
+    """Proxy widths are multiples of this: 2·n_head (and 2·n_kv_head), so each head keeps an
+    even whole width (rotary positions rotate pairs)."""
+    return math.lcm(2 * model.n_head, 2 * model.kv_heads)
+
+
+def proxy_width(model: ModelConfig, given: Any, where: str, plan: Path) -> int:
+    """The proxy's d_model: `given` (checked), else d_model/4 rounded down to a multiple of
+    `head_step`, at least 32, below d_model; UserError when there is none."""
+    d, step = model.d_model, head_step(model)
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise UserError(f"{where}: expected a whole number >= 1, got {given!r}")
+        if given >= d:
+            raise UserError(f"{where}: {given} must be below the plan's d_model ({d})")
+        if given % step:
+            raise UserError(f"{where}: {given} is not a multiple of {step} (2·n_head: an even "
+                            "whole width per head)")
+        return given
+    width = max(d // 4 // step * step, math.ceil(MIN_PROXY_WIDTH / step) * step)
+    if width >= d:
+        raise UserError(f"{plan}: no proxy width: d_model {d} has no multiple of {step} "
+                        f"(2·n_head) of at least {MIN_PROXY_WIDTH} below it; pass --proxy-width")
+    return width
+
+
+def proxy_fixed(model: ModelConfig, width: int, plan: Path) -> dict[str, Any]:
+    """The RunConfig values that make the plan its proxy of d_model `width` (its own µP base)."""
+    ratio = width / model.d_model
+    out: dict[str, Any] = {
+        "model.d_model": width, "model.parametrization": "mup", "model.mup_base_width": width,
+        "meta.predicted": None,  # the plan's prediction is the planned width's
+    }
+    for field in ("d_ff", "d_expert"):
+        value = getattr(model, field)
+        if value is not None:
+            out[f"model.{field}"] = max(1, round(value * ratio))
+    if model.d_head is not None:
+        head = model.d_head * ratio
+        if abs(head - round(head)) > 1e-9 or round(head) < 1:
+            raise UserError(f"{plan}: model.d_head {model.d_head} x {width}/{model.d_model} is "
+                            "not a whole width; pass another --proxy-width")
+        out["model.d_head"] = round(head)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space
+
+
+def batch_param(train: TrainConfig) -> tuple[str, list[int]]:
+    """The batch multiplier x1/2, x1, x2: through grad_accum when its half is whole, else the
+    micro-batch's; else grad_accum x1, x2."""
+    mb = train.micro_batch
+    if train.grad_accum % 2 == 0:
+        field, x = "train.grad_accum", train.grad_accum
+    elif mb != "auto" and mb % 2 == 0:
+        field, x = "train.micro_batch", mb
+    else:
+        return "train.grad_accum", [train.grad_accum, 2 * train.grad_accum]
+    return field, [x // 2, x, 2 * x]
+
+
+def _float(bounds: tuple[float, float], value: float, log: bool = False) -> dict[str, Any]:
+    """A float distribution over `bounds`, widened to hold the plan's `value`."""
+    d: dict[str, Any] = {"type": "float", "low": min(bounds[0], value),
+                         "high": max(bounds[1], value)}
+    if log:
+        d["log"] = True
+    return d
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def default_space(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """The derived search space around the plan's values (see the module docstring)."""
+    lr, opt = cfg.optim.lr, cfg.optim.name
+    choices = [opt] if opt == "lion" else [opt, "lion"]
+    low = lr / (LION_LR_SPAN if len(choices) > 1 else LR_SPAN)
+    space: dict[str, dict[str, Any]] = {
+        "optim.lr": {"type": "float", "low": min(_sig(low), lr),
+                     "high": max(_sig(lr * LR_SPAN), lr), "log": True},
+        "model.init_std": _float(INIT_STD_RANGE, cfg.model.init_std, log=True),
+    }
+    field, batches = batch_param(cfg.train)
+    space[field] = {"type": "categorical", "choices": batches}
+    sched = cfg.schedule
+    space["schedule.warmup_fraction"] = _float(WARMUP_RANGE, sched.warmup_fraction)
+    if sched.name == "wsd":
+        space["schedule.decay_fraction"] = _float(DECAY_RANGE, sched.decay_fraction)
+    elif sched.name in ("linear", "cosine"):
+        space["schedule.min_lr_ratio"] = _float(MIN_LR_RANGE, sched.min_lr_ratio)
+    if len(choices) > 1:
+        space["optim.name"] = {"type": "categorical", "choices": choices}
+    return space
+
+
+def value_at(data: dict[str, Any], dotted: str) -> Any:
+    """`a.b.c` of a nested dict (None when absent)."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _fits(value: Any, dist: Any) -> bool:
+    """Whether `value` is one the distribution (a space entry as a dict) can take."""
+    if not isinstance(dist, dict):
+        return False
+    if dist.get("type") == "categorical":
+        return value in (dist.get("choices") or [])
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    low, high = dist.get("low"), dist.get("high")
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        return False
+    return low <= value <= high and not (dist.get("log") and value <= 0)
+
+
+def plan_values(cfg: RunConfig, space: dict[str, Any]) -> dict[str, Any]:
+    """The plan's own value of each parameter of `space` that the space can take."""
+    data = cfg.model_dump(mode="json")
+    out = {}
+    for key, dist in space.items():
+        value = value_at(data, key)
+        if value is not None and _fits(value, dist):
+            out[key] = value
+    return out
+
+
+def merge_space(derived: dict[str, dict[str, Any]], given: Any) -> Any:
+    """`given` (a study file's space) over the derived one: an entry with a type replaces,
+    one without updates the derived entry's attributes, a null removes it."""
+    if given is None:
+        return derived
+    if not isinstance(given, dict):
+        return given  # the study's validation names it
+    out: dict[str, Any] = {k: dict(v) for k, v in derived.items()}
+    for key, dist in given.items():
+        if dist is None:
+            out.pop(key, None)
+        elif isinstance(dist, dict) and "type" not in dist and key in out:
+            out[key].update(dist)
+        else:
+            out[key] = dist
+    return out
+
+
+def merge_cap(base: Any, over: Any) -> Any:
+    """Trial cap `over` on top of `base`: a cap kind in `over` replaces `base`'s; its other
+    keys (grace, startup, stall) are merged."""
+    if not isinstance(over, dict):
+        return base if over is None else over
+    if not isinstance(base, dict):
+        return over
+    if any(k in CAP_KINDS for k in over):
+        base = {k: v for k, v in base.items() if k not in CAP_KINDS}
+    return {**base, **over}
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
+
+
+def check_share(value: Any, where: str) -> float:
+    """`value` as a share of the plan's time: a number strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and 0 < value < 1
+    ):
+        raise UserError(f"{where}: must be a number > 0 and < 1 (the share of the plan's time "
+                        f"spent tuning), got {value!r}")
+    return float(value)
+
+
+def with_options(raw: dict[str, Any], options: AroundOptions | None) -> dict[str, Any]:
+    """The study `raw` with the command line's flags on top (each checked, naming the flag)."""
+    if options is None:
+        return raw
+    out = dict(raw)
+    around_only = {"--share": options.share, "--proxy-width": options.proxy_width,
+                   "--no-train": options.train_after}
+    for flag, value in around_only.items():
+        if value is not None and out.get("around") is None:
+            raise UserError(f"{flag}: only with --around PLAN.yaml (or a study file with around)")
+    if options.share is not None:
+        out["share"] = check_share(options.share, "--share")
+    if options.proxy_width is not None:
+        out["proxy_width"] = options.proxy_width
+    if options.train_after is not None:
+        out["train_after"] = options.train_after
+    if options.name is not None:
+        out["name"] = options.name
+    if options.trial_time is not None:
+        t = options.trial_time
+        if not (math.isfinite(t) and t > 0):
+            raise UserError(f"--trial-time: must be a finite number of seconds > 0, got {t:g}")
+        out["trial_cap"] = merge_cap(out.get("trial_cap") or {}, {"time": float(t)})
+    return out
+
+
+def default_name(cfg: RunConfig) -> str:
+    """`<plan name>-around`, made a valid study name."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.name).strip("-._") or "plan"
+    return f"{stem}-around"
+
+
+def derive_around(raw: dict[str, Any], study_dir: Path | None,
+                  source: str | None) -> dict[str, Any]:
+    """The study `raw` (which names `around`) with what the plan gives filled in: base, fixed
+    (the proxy), trial_cap, budget, space and enqueue; what `raw` gives wins. `source`: the
+    study file (None: the command line), for messages."""
+    def where(field: str, flag: str) -> str:
+        return f"{source}: {field}" if source is not None else flag
+
+    plan = read_plan(resolve_plan(raw.get("around"), study_dir, where("around", "--around")))
+    share = check_share(raw.get("share", DEFAULT_SHARE), where("share", "--share"))
+    width = proxy_width(plan.config.model, raw.get("proxy_width"),
+                        where("proxy_width", "--proxy-width"), plan.path)
+    tuning = share * plan.seconds
+    fixed = raw.get("fixed")
+    space = merge_space(default_space(plan.config), raw.get("space"))
+    out = {**raw, "around": str(plan.path), "share": share, "proxy_width": width}
+    out.setdefault("name", default_name(plan.config))
+    out.setdefault("base", str(plan.path))
+    if fixed is None or isinstance(fixed, dict):  # else the study's validation names it
+        out["fixed"] = {**proxy_fixed(plan.config.model, width, plan.path), **(fixed or {})}
+    out["trial_cap"] = merge_cap({"time": round(tuning / TRIALS_PER_BUDGET, 3)},
+                                 raw.get("trial_cap"))
+    budget = raw.get("budget")
+    out["budget"] = {"time": round(tuning, 3), **budget} if isinstance(budget, dict) else (
+        budget if budget is not None else {"time": round(tuning, 3)})
+    out["space"] = space
+    if "enqueue" not in raw and isinstance(space, dict):
+        first = plan_values(plan.config, space)
+        out["enqueue"] = [first] if first else []
+    if "objective" not in raw and plan.config.task != "lm":
+        out["objective"] = "val_loss"  # every task has one; val_bpb is the language model's
+    return out
