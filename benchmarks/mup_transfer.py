@@ -3,7 +3,14 @@
 The question µP answers (Yang et al. 2022, "Tensor Programs V"): does the best learning rate found
 on a narrow model still hold on a wide one? For each parametrization, AdamW learning-rate sweeps
 train the same GPT at width 64 and at width 256 (same depth, heads, context, batch, schedule,
-seed and the same tokens per parameter), then score each model on the whole validation split.
+seed and training tokens, as Yang et al.'s transfer sweeps keep steps and batch fixed across
+widths; `--tokens-per-param R` gives each width R tokens per parameter instead), then score each
+model on the whole validation split.
+
+Why not equal tokens per parameter by default: the width-256 model has ~14x the parameters, so on
+this CPU (~9K tokens/s at width 256) equal tokens per parameter leaves the width-64 runs a few
+hundred steps, still on the unigram plateau, where the lr sweep has no optimum to find (measured:
+1 token per parameter gave width-64 losses of 2.84-3.19 nats in no order across lrs 1e-3..3.2e-2).
 
 - standard: `model.parametrization: standard` at both widths.
 - µP: `model.parametrization: mup` with `model.mup_base_width: 64`; at width 64 the multiplier is
@@ -15,11 +22,12 @@ holds when the width-256 optimum lies within a factor √2 of the width-64 one.
 
 Corpus: ~1 MB of stdlib docstrings (benchmarks/common.py), byte tokenizer, validation split 5%.
 
-    python benchmarks/mup_transfer.py [--lrs 1e-3 2e-3 ...] [--depth 2] [--tokens-per-param 1]
+    python benchmarks/mup_transfer.py [--lrs 1e-3 2e-3 ...] [--depth 2] [--tokens 800000]
+                                      [--tokens-per-param R]
                                       [--threads 2] [--workdir DIR] [--no-append] [--quick]
 
 --quick (a smoke check, not a result): widths 32/64, three learning rates, nothing appended.
-Takes about 15 minutes on a 2-core CPU with the defaults; run it alone.
+Takes about 25 minutes on a 2-core CPU with the defaults; run it alone.
 """
 
 from __future__ import annotations
@@ -110,7 +118,7 @@ def sweep(corpus: Path, work: Path, width: int, mup: bool, args: argparse.Namesp
     print(f"{label}:", flush=True)
     probe = run_config(corpus, width, args.depth, 1e-3, mup, None, args.threads, base_width)
     params = n_params(probe)
-    tokens = int(args.tokens_per_param * params)
+    tokens = int(args.tokens_per_param * params) if args.tokens_per_param else args.tokens
     runs = [train_and_score(run_config(corpus, width, args.depth, lr, mup, tokens, args.threads,
                                        base_width), work / f"{label}-lr{lr:g}")
             for lr in args.lrs]
@@ -128,7 +136,7 @@ def table(rows: list[dict[str, Any]], lrs: list[float], args: argparse.Namespace
         "",
         f"Machine: {machine()}. Command: `python benchmarks/mup_transfer.py` "
         f"(depth {args.depth}, {SHAPE['n_head']} heads, context {SHAPE['seq_len']}, batch "
-        f"{BATCH} sequences, {args.tokens_per_param:g} training tokens per parameter, AdamW "
+        f"{BATCH} sequences, {_tokens(args)}, AdamW "
         f"wd 0.1, cosine with 5% warmup, seed 0, byte tokenizer on ~1 MB of stdlib docstrings; "
         f"µP base width {base_width}). Whole-validation loss (nats/token); {wall / 60:.1f} min.",
         "",
@@ -141,6 +149,12 @@ def table(rows: list[dict[str, Any]], lrs: list[float], args: argparse.Namespace
         lines.append(f"| {r['label']} | {r['params']:,} | {r['tokens']:,} | {r['steps']:,} | "
                      f"{cells} | {r['best']:.3g} |")
     return "\n".join(lines)
+
+
+def _tokens(args: argparse.Namespace) -> str:
+    if args.tokens_per_param:
+        return f"{args.tokens_per_param:g} training tokens per parameter"
+    return f"{args.tokens:,} training tokens at every width"
 
 
 def verdicts(rows: dict[str, dict[str, Any]], narrow: int, wide: int) -> list[str]:
@@ -158,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
     ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--tokens-per-param", type=float, default=1.0)
+    ap.add_argument("--tokens", type=int, default=800_000, help="training tokens at every width")
+    ap.add_argument("--tokens-per-param", type=float, default=None,
+                    help="instead of --tokens: this many tokens per parameter at each width")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-append", action="store_true")
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     narrow, wide = (32, 64) if args.quick else (64, 256)
     if args.quick:
-        args.lrs, args.tokens_per_param = [2e-3, 8e-3, 3.2e-2], 0.2
+        args.lrs, args.tokens = [2e-3, 8e-3, 3.2e-2], 20_000
     import torch
 
     torch.set_num_threads(args.threads)
