@@ -95,9 +95,10 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.Na
         f"= {100 * summary['tuning_fraction']:.0f}% of the budget. Plan alone: "
         f"{_settings(ps)}; transferred (µP): {_settings(ts)}.",
         "",
-        f"Plan-alone scatter {scatter:.4f} bpb; the tuned run is {margin:+.4f} bpb below the "
-        f"better plan-alone run: **{'wins' if margin > scatter else 'does not win'}** by the "
-        "acceptance rule (margin larger than the scatter).",
+        f"Plan-alone scatter {scatter:.4f} bpb; the tuned run is {abs(margin):.4f} bpb "
+        f"{'below' if margin > 0 else 'above'} the better plan-alone run: "
+        f"**{'wins' if margin > scatter else 'does not win'}** by the acceptance rule (lower "
+        "by more than the scatter).",
     ]
     return "\n".join(lines)
 
