@@ -87,12 +87,12 @@ def append_results(text: str) -> None:
     print(f"appended to {RESULTS}")
 
 
-def run_cli(*args: str, env: dict[str, str]) -> tuple[dict, float]:
-    """`budgetlm ARGS --json` in a fresh process: its JSON answer and wall seconds; a failure
-    stops the benchmark with the command's stderr."""
+def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> tuple[dict, float]:
+    """`budgetlm ARGS --json` in a fresh process (in `cwd` when given): its JSON answer and wall
+    seconds; a failure stops the benchmark with the command's stderr."""
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "budgetlm", *args, "--json"],
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])

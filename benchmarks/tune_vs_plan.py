@@ -27,38 +27,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, machine, make_corpus, run_cli  # noqa: E402
+from common import append_results, machine, prepare_workdir, run_cli  # noqa: E402
 from data_limited import heldout_loss, split_corpus  # noqa: E402
 
 
 def plan_alone(plan: Path, work: Path, seed: int, env: dict[str, str]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    res, _ = run_cli("train", str(plan), "--run-dir", str(work / f"plan-seed{seed}"),
-                     "--set", f"seed={seed}", "--quiet", env=env)
-    return {"run": f"plan alone (seed {seed})", "result": res,
-            "wall": time.perf_counter() - t0, "run_dir": Path(res["run_dir"])}
+    res, wall = run_cli("train", str(plan), "--run-dir", str(work / f"plan-seed{seed}"),
+                        "--set", f"seed={seed}", "--quiet", env=env)
+    return {"run": f"plan alone (seed {seed})", "result": res, "wall": wall,
+            "run_dir": Path(res["run_dir"])}
 
 
 def tuned(plan: Path, work: Path, args: argparse.Namespace,
           env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`budgetlm tune --around` in `work` (its study and final run under work/runs/around)."""
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "budgetlm", "tune", "--around", str(plan), "--share",
-           f"{args.share:g}", "--name", "around", "--workers", str(args.workers), "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"budgetlm tune --around failed (exit {out.returncode})")
-    summary = json.loads(out.stdout)
+    summary, wall = run_cli("tune", "--around", str(plan), "--share", f"{args.share:g}",
+                            "--name", "around", "--workers", str(args.workers), env=env,
+                            cwd=work)
     run_dir = work / summary["final"]["run_dir"]
     res = json.loads((run_dir / "result.json").read_text())
     row = {"run": f"tune --around (share {args.share:g}) + train", "result": res,
@@ -122,13 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
-    import os
-    import tempfile
-
-    work = (args.workdir or Path(tempfile.mkdtemp(prefix="budgetlm-tune-vs-plan-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    train_txt, held = split_corpus(make_corpus(work / "stdlib_docstrings.txt"), work)
+    work, env, corpus = prepare_workdir(args.workdir, "budgetlm-tune-vs-plan-", None)
+    work = work.resolve()
+    train_txt, held = split_corpus(corpus, work)
     plan = work / "plan.yaml"
     run_cli("plan", "--time", f"{args.budget:g}s", "--data", str(train_txt), "--tokenizer",
             "char", "--no-calibrate", "-o", str(plan), env=env)

@@ -1,6 +1,12 @@
-"""What several test files share: a fake measured CPU profile, so plans need no measuring."""
+"""What several test files share: a fake measured CPU profile, so plans need no measuring, and
+the memory-truth benchmark loaded as a module (its fake-tensor training step)."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +34,14 @@ def use_profile(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(hardware, "cached_profile", lambda: prof)
     monkeypatch.setattr(hardware, "load_profile", lambda *a, **k: prof)
     return prof
+
+
+def load_memory_truth() -> Any:
+    """benchmarks/memory_truth.py as the module `memory_truth`."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_truth.py"
+    spec = importlib.util.spec_from_file_location("memory_truth", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["memory_truth"] = mod
+    spec.loader.exec_module(mod)
+    return mod

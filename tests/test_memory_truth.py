@@ -3,12 +3,10 @@ model under fake tensors (benchmarks/memory_truth.py; the small shapes of its gr
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import load_memory_truth
 
 from budgetlm.config import ModelConfig, RunConfig, preset
 from budgetlm.estimate import count_params, memory_breakdown
@@ -17,16 +15,6 @@ from budgetlm.estimate.phases import PHASES, optimizer_temp_bytes
 
 pytest.importorskip("torch.distributed._tools.mem_tracker")
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_truth.py"
-
-
-def _truth() -> Any:
-    spec = importlib.util.spec_from_file_location("memory_truth", _PATH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["memory_truth"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +23,7 @@ def truth() -> Any:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield _truth()
+    yield load_memory_truth()
     torch.set_num_threads(threads)
 
 

@@ -4,15 +4,14 @@ command line, activation checkpointing, and the estimator's memory against MemTr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fakes import load_memory_truth
 from typer.testing import CliRunner
 
 from budgetlm.cli import app
@@ -326,16 +325,6 @@ def test_trainer_applies_mup_and_checkpointing_changes_nothing(
 # ---------------------------------------------------------------------------------------------
 # The estimator: µP's multipliers are elementwise, memory does not move
 
-_TRUTH = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_truth.py"
-
-
-def _memory_truth() -> Any:
-    spec = importlib.util.spec_from_file_location("memory_truth", _TRUTH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["memory_truth"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("spec", [(4, "fp32", False, "adamw"), (8, "bf16", True, "sgd")])
@@ -348,7 +337,7 @@ def test_memory_estimate_and_memtracker_agree_under_mup(
     pytest.importorskip("torch.distributed._tools.mem_tracker")
     import budgetlm.optim as optim
 
-    truth = _memory_truth()
+    truth = load_memory_truth()
     row = truth.Row("gpt-nano", *spec)
     standard_cfg = truth.run_config(row)
 

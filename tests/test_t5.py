@@ -4,13 +4,12 @@ counters."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fakes import load_memory_truth
 
 from budgetlm.config import ModelConfig, RunConfig, preset, with_values
 from budgetlm.data import span_corrupt, span_lengths, t5_vocabulary
@@ -155,14 +154,6 @@ def test_flops_match_flop_counter(checkpointing: bool, over: dict[str, Any]) -> 
     assert est == counter.get_total_flops()
 
 
-def _memory_truth() -> Any:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_truth.py"
-    spec = importlib.util.spec_from_file_location("memory_truth", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["memory_truth"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _tracked_peak(cfg: RunConfig) -> int:
@@ -171,7 +162,7 @@ def _tracked_peak(cfg: RunConfig) -> int:
 
     from budgetlm.optim import build_optimizer
 
-    mt, m, t = _memory_truth(), cfg.model, cfg.train
+    mt, m, t = load_memory_truth(), cfg.model, cfg.train
     with FakeTensorMode():
         torch.manual_seed(0)
         model = build_model(m).train()

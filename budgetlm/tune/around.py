@@ -35,8 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from budgetlm.config import ModelConfig, RunConfig, TrainConfig, load_config, read_yaml
-from budgetlm.config.kinds import NO_MUP_RULE
+from budgetlm.config import (
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+    read_yaml,
+    validate,
+)
 from budgetlm.errors import UserError
 from budgetlm.runner.caps import CAP_KINDS
 
@@ -95,7 +101,8 @@ def resolve_plan(around: Any, study_dir: Path | None, where: str) -> Path:
 
 def read_plan(path: Path) -> PlannedRun:
     """The plan at `path`: a RunConfig YAML with a model and a time (`train.max_time`, else
-    `meta.predicted.seconds`) whose optimizer has a µP rule; UserError naming what is missing."""
+    `meta.predicted.seconds`) that µP can train (the config's rules: an optimizer with a width
+    rule, gpt or bert, not from_pretrained); UserError naming what is missing."""
     raw = read_yaml(path)
     if not isinstance(raw.get("model"), dict) and "preset" not in raw:
         raise UserError(f"{path}: no model section (tune --around needs a RunConfig YAML as "
@@ -109,17 +116,9 @@ def read_plan(path: Path) -> PlannedRun:
     if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
         raise UserError(f"{path}: no time to divide: neither train.max_time nor "
                         "meta.predicted.seconds is set (plan with --time, or set train.max_time)")
-    name = cfg.optim.name
-    if name in NO_MUP_RULE:
-        raise UserError(f"{path}: optim.name: {name} has no µP rule ({NO_MUP_RULE[name]}); "
-                        "tune --around transfers through µP: plan with adamw, adam, lion, sgd, "
-                        "rmsprop or muon")
-    if cfg.model.family == "t5":
-        raise UserError(f"{path}: model.family: t5 has no µP rule here (it scales its own "
-                        "logits); tune --around needs gpt or bert")
-    if cfg.model.from_pretrained is not None:
-        raise UserError(f"{path}: model.from_pretrained: a pretrained model has its width; "
-                        "tune --around needs a model trained from scratch")
+    as_mup = cfg.model_dump(mode="json")
+    as_mup["model"]["parametrization"] = "mup"  # the config's own µP rules refuse what µP can't
+    validate(as_mup, source=f"{path} (tune --around trains it under µP)")
     return PlannedRun(path, cfg, float(seconds), source)
 
 
