@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -125,6 +126,19 @@ def test_kaplan_closed_form_optimum_matches_a_numeric_search() -> None:
         assert 6 * n * d == pytest.approx(c)
         num = laws.minimize_log(lambda x, c=c: law.loss(x, c / (6 * x)), 1.0, c / 6)
         assert n == pytest.approx(num, rel=1e-6)
+        assert law.params_for_tokens(d) == pytest.approx(n, rel=1e-9)
+
+
+
+def test_params_for_tokens_saturates_instead_of_overflowing() -> None:
+    """A bootstrap law with alpha_N far below alpha_D sends N_opt(D) past the largest float
+    (an OverflowError in `calibrate --time 60m` once): it saturates, and the repeated-data loss
+    stays finite. Ordinary laws keep their closed form (both forms, against `optimal`)."""
+    steep = laws.KaplanLaw(name="steep", n_c=1.2, d_c=1.0, alpha_n=1e-4, alpha_d=0.05)
+    assert steep.params_for_tokens(8.5e5) == pytest.approx(sys.float_info.max, rel=1e-9)
+    assert math.isfinite(steep.loss_repeated(1e6, 1e8, 8.5e5))
+    for law in (laws.KAPLAN, laws.CHINCHILLA):
+        n, d = law.optimal(1e19)
         assert law.params_for_tokens(d) == pytest.approx(n, rel=1e-9)
 
 

@@ -27,12 +27,21 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
 
 from budgetlm.laws.repetition import repeated_data_loss
 from budgetlm.laws.stats import geometric_mean, interval_about, optimal_split
+
+LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
+def saturated_exp(x: float) -> float:
+    """exp(x), or the largest float where exp would overflow."""
+    return math.exp(min(x, LOG_FLOAT_MAX))
+
 
 # Every constant any form has, in the order of the serialized layout.
 CONSTANT_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta", "n_c", "d_c", "alpha_n",
@@ -230,9 +239,10 @@ class ChinchillaLaw(SingleFormLaw, form="chinchilla"):
         return g * (flops / 6) ** a, (flops / 6) ** b / g
 
     def params_for_tokens(self, tokens: float) -> float:
+        """C/6 = (tokens·G)^(1/b) at the optimum, N = G·(C/6)^a; in logs, saturating at the
+        largest float (a bootstrap law's exponents can send it past it)."""
         a, b = self.allocation_exponents
-        c6 = (tokens * self.G) ** (1 / b)
-        return self.G * c6**a
+        return saturated_exp(math.log(self.G) + a / b * math.log(tokens * self.G))
 
 
 @dataclass(frozen=True)
@@ -258,9 +268,10 @@ class KaplanLaw(SingleFormLaw, form="kaplan"):
         return n, flops / (6 * n)
 
     def params_for_tokens(self, tokens: float) -> float:
-        """The optimum above solved for N at D_opt = tokens."""
+        """The optimum above solved for N at D_opt = tokens: N_c·(p·D/D_c)^(1/p), in logs,
+        saturating at the largest float (a small p sends it past it)."""
         p = self.alpha_n / self.alpha_d
-        return self.n_c * (p * tokens / self.d_c) ** (1 / p)
+        return saturated_exp(math.log(self.n_c) + math.log(p * tokens / self.d_c) / p)
 
 
 @dataclass(frozen=True)
