@@ -15,6 +15,11 @@ Prints a table and appends it to benchmarks/RESULTS.md. The full run takes hours
 seconds, and one small FLOP-budget calibration whose fit plans both), minutes, not appended.
 
     python benchmarks/data_limited.py [--quick] [--workdir DIR] [--threads 1] [--no-append]
+                                      [--arm prior|calibrated|both] [--resume]
+
+`--arm` runs one of the two plans at every budget: the two arms side by side in two processes
+(`--threads 1` each, on a 2-core machine) take half the wall time; each appends its own table.
+`--resume` (with `--workdir`) keeps the rows a stopped run finished and runs the rest.
 """
 
 from __future__ import annotations
@@ -142,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here")
     ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every run")
+    ap.add_argument("--arm", choices=("prior", "calibrated", "both"), default="both",
+                    help="which plans to train at every budget")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows WORKDIR/data_limited.json holds; run the missing ones")
     args = ap.parse_args(argv)
     import tempfile
 
@@ -160,20 +169,26 @@ def main(argv: list[str] | None = None) -> int:
         fit = work / "fit-quick.json"
         run_cli("calibrate", "--flops", "3e11", "--seq-len", "32", "--bootstrap", "20",
                 "--data", str(train), "--tokenizer", "char", "-o", str(fit), env=env)
-    rows = []
+    kept = work / "data_limited.json"  # written as it goes; --resume starts from it
+    rows = json.loads(kept.read_text()) if args.resume and kept.is_file() else []
+    done = {r["run"] for r in rows}
     for s in budgets:
-        rows.append(prior_row(s, train, held, work, env))
-        rows.append(calibrated_row(s, train, held, work, env, fit))
+        for arm, make in (("prior", prior_row), ("calibrated", calibrated_row)):
+            if args.arm in (arm, "both") and f"{arm} {_duration(s)}" not in done:
+                extra = (fit,) if arm == "calibrated" else ()
+                rows.append(make(s, train, held, work, env, *extra))  # type: ignore[operator]
+                kept.write_text(json.dumps(rows, indent=1))
     text = table(rows)
     print(text)
     if not args.quick and not args.no_append:
+        arm_flags = "".join(f" --{k} {v}" for k, v in (("threads", args.threads),
+                                                        ("arm", args.arm)) if v and v != "both")
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         append_results(
             f"## Data-limited plans: 3, 20 and 60 minutes on a ~1M-character corpus ({when})\n\n"
-            f"{machine()}. `python benchmarks/data_limited.py`. Held-out: the last "
+            f"{machine()}. `python benchmarks/data_limited.py{arm_flags}`. Held-out: the last "
             f"{HELD_OUT:.0%} of the corpus, seen by no plan and no pilot; whole-file loss of "
             "each run's best checkpoint (else its last).\n\n" + text)
-    (work / "data_limited.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 
