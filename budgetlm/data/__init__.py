@@ -11,6 +11,8 @@ functions, so the planner can count tokens without it.
 - `batches`: `sample_batch`, `val_batches`, `bits_per_byte`.
 - `labeled`: labeled text for classification (.jsonl, .csv, .parquet), split and tokenized.
 - `stories`: generated stories with two-fact questions (labeled rows and unlabeled text).
+- `reviews`: generated reviews whose sentiment negation and "but" decide (labeled rows
+  and unlabeled text).
 - `spans`: t5 span corruption (`span_corrupt`) and the t5 vocabulary layout (`t5_vocabulary`).
 """
 
