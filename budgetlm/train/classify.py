@@ -70,10 +70,12 @@ def _init_tokenizer(cfg: RunConfig) -> Tokenizer | None:
     return load_tokenizer(run / "tokenizer")
 
 
-def load_task(cfg: RunConfig) -> LabeledData:
-    """The labeled data of a classification run (see the module docstring)."""
+def load_task(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> LabeledData:
+    """The labeled data of a classification run (see the module docstring), tokenized by
+    `tokenizer` when given (a finished run's saved one), else as the run does."""
     return load_labeled(cfg.data, cfg.model.seq_len, PAD_ID, cfg.seed,
-                        tokenizer=_init_tokenizer(cfg), pretrained=cfg.model.from_pretrained)
+                        tokenizer=tokenizer or _init_tokenizer(cfg),
+                        pretrained=cfg.model.from_pretrained)
 
 
 def pretrained_vocab(cfg: RunConfig, vocab: int) -> int:
