@@ -20,13 +20,11 @@ the unlabeled text draws from another stream of the same seed.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from budgetlm.data.stories import LABEL_FIELD, TEXT_FIELD, StoryFiles
+from budgetlm.data.stories import LABEL_FIELD, TEXT_FIELD, StoryFiles, write_task
 
 THINGS = ("food", "service", "room", "staff", "view", "price", "music", "bed", "coffee", "pool")
 GOOD = ("good", "great", "nice", "lovely", "clean", "friendly", "fresh", "warm", "quiet",
@@ -82,14 +80,5 @@ def write_reviews(directory: str | Path, n_labeled: int = 4000, n_unlabeled_byte
                   seed: int = 0) -> StoryFiles:
     """Write reviews.jsonl and reviews.csv (`n_labeled` rows) and unlabeled.txt (about
     `n_unlabeled_bytes`) into `directory`; their paths."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    rows = review_rows(n_labeled, seed)
-    files = StoryFiles(d / "reviews.jsonl", d / "reviews.csv", d / "unlabeled.txt")
-    files.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with files.csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[TEXT_FIELD, LABEL_FIELD])
-        w.writeheader()
-        w.writerows(rows)
-    files.txt.write_text(review_text(n_unlabeled_bytes, seed))
-    return files
+    return write_task(directory, "reviews", review_rows(n_labeled, seed),
+                      review_text(n_unlabeled_bytes, seed))

@@ -102,14 +102,21 @@ def write_stories(directory: str | Path, n_labeled: int = 4000, n_unlabeled_byte
                   seed: int = 0, pairs: int = 2, hops: int = 2) -> StoryFiles:
     """Write stories.jsonl and stories.csv (`n_labeled` rows) and unlabeled.txt (about
     `n_unlabeled_bytes`) into `directory`; their paths."""
+    return write_task(directory, "stories", story_rows(n_labeled, seed, pairs, hops),
+                      story_text(n_unlabeled_bytes, seed, pairs, hops))
+
+
+def write_task(directory: str | Path, stem: str, rows: list[dict[str, str]],
+               text: str) -> StoryFiles:
+    """Write `rows` as STEM.jsonl and STEM.csv (fields `text`, `label`) and `text` as
+    unlabeled.txt into `directory` (made when missing); their paths."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    rows = story_rows(n_labeled, seed, pairs, hops)
-    files = StoryFiles(d / "stories.jsonl", d / "stories.csv", d / "unlabeled.txt")
+    files = StoryFiles(d / f"{stem}.jsonl", d / f"{stem}.csv", d / "unlabeled.txt")
     files.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with files.csv.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[TEXT_FIELD, LABEL_FIELD])
         w.writeheader()
         w.writerows(rows)
-    files.txt.write_text(story_text(n_unlabeled_bytes, seed, pairs, hops))
+    files.txt.write_text(text)
     return files
