@@ -16,6 +16,7 @@ seconds, and one small FLOP-budget calibration whose fit plans both), minutes, n
 
     python benchmarks/data_limited.py [--quick] [--workdir DIR] [--threads 1] [--no-append]
                                       [--arm prior|calibrated|both] [--resume]
+                                      [--minutes 3 20 60]
 
 `--arm` runs one of the two plans at every budget: the two arms side by side in two processes
 (`--threads 1` each, on a 2-core machine) take half the wall time; each appends its own table.
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every run")
     ap.add_argument("--arm", choices=("prior", "calibrated", "both"), default="both",
                     help="which plans to train at every budget")
+    ap.add_argument("--minutes", type=float, nargs="+", default=list(FULL_MINUTES),
+                    help="the budgets (minutes) of a full run")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows WORKDIR/data_limited.json holds; run the missing ones")
     args = ap.parse_args(argv)
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                          n_chars=120_000 if args.quick else 1_000_000)
     train, held = split_corpus(corpus, work)
     print(f"corpus: {corpus} ({corpus.stat().st_size:,} bytes); held out: {held}", flush=True)
-    budgets = QUICK_SECONDS if args.quick else tuple(60 * m for m in FULL_MINUTES)
+    budgets = QUICK_SECONDS if args.quick else tuple(60 * m for m in args.minutes)
     fit = None
     if args.quick:  # one small FLOP-budget calibration (seconds) plans every quick budget
         fit = work / "fit-quick.json"
@@ -181,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if not args.quick and not args.no_append:
-        arm_flags = "".join(f" --{k} {v}" for k, v in (("threads", args.threads),
-                                                        ("arm", args.arm)) if v and v != "both")
+        minutes = " ".join(f"{m:g}" for m in args.minutes)
+        arm_flags = "".join(f" --{k} {v}" for k, v in (
+            ("threads", args.threads), ("arm", args.arm),
+            ("minutes", minutes if tuple(args.minutes) != FULL_MINUTES else None),
+        ) if v and v != "both")
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         append_results(
             f"## Data-limited plans: 3, 20 and 60 minutes on a ~1M-character corpus ({when})\n\n"

@@ -140,3 +140,28 @@ def pilots_epochs_note(pilot_epochs: list[float]) -> str:
             f"it at most {cap:g} epochs (no extrapolation of the fit past its pilots beyond the "
             f"~{FRESH_EPOCHS:.0f} epochs where repeats are as good as new data, Muennighoff et "
             "al. 2023)")
+
+
+def law_optimum(law: laws.LossLaw, top: Candidate, unique: int | None,
+             max_epochs: float | None = None) -> dict[str, Any]:
+    """The law's compute-optimal allocations at the top candidate's compute."""
+    n_top, d_top = law.optimal(max(top.flops, 1.0))
+    optimum: dict[str, Any] = {
+        "flops": top.flops,
+        "closed_form": {"params": n_top, "tokens": d_top,
+                        "method": "Hoffmann et al. eq. 4" if law.form == "chinchilla"
+                        else "numeric minimum of L(N, C/6N)"},
+        "top_candidate": {"params": law.n_of(top.active_params, top.active_non_embedding_params),
+                          "tokens": top.tokens},
+    }
+    if unique is not None:
+        n_dc, d_dc = capped_optimal(law, max(top.flops, 1.0), unique, max_epochs)
+        optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
+                                       "epochs": laws.epochs(d_dc, unique)}
+    return optimum
+
+
+def optimal_params(optimum: dict[str, Any]) -> float:
+    """The compute-optimal size of `law_optimum` (the data-constrained one when data is
+    limited)."""
+    return float((optimum.get("data_constrained") or optimum["closed_form"])["params"])

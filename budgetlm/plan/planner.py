@@ -22,9 +22,12 @@ from budgetlm.plan.budget import Budget, Target, resolve_target
 from budgetlm.plan.data_limited import (
     capped_optimal,
     data_limit_note,
+    law_optimum,
+    optimal_params,
     regularization_note,
     repetition_cap,
 )
+from budgetlm.plan.extrapolation import size_cap, size_cap_note
 from budgetlm.plan.files import PlanFile
 from budgetlm.plan.ladder import LADDER_SPAN, Shape
 from budgetlm.plan.lifetime import Inference, lifetime_notes, lifetime_plan
@@ -205,15 +208,16 @@ def _check_options(family: str, schedule: str, seq_lens: list[int] | None,
                             f"{', '.join(PLAN_PRECISIONS)}")
 
 
-def _window(law: laws.LossLaw, tgt: Target, precs: list[str], unique: int | None,
-            arch: str, max_epochs: float | None = None) -> list[Shape]:
+def _window(ctx: PlanContext, precs: list[str]) -> list[Shape]:
     """Rungs within LADDER_SPAN of the rough compute-optimal size, repetitions capped at
-    `max_epochs` (held inside the ladder, so a budget beyond its ends prices its largest or
-    smallest rungs)."""
-    n_opt, _ = capped_optimal(law, rough_compute(tgt, precs), unique, max_epochs)
-    rungs = arch_ladder(arch)
-    n = min(max(n_opt, rungs[0].approx_params), rungs[-1].approx_params)
-    return [s for s in rungs if n / LADDER_SPAN <= s.approx_params <= n * LADDER_SPAN]
+    `max_epochs`, sizes at `max_params` (held inside the ladder, so a budget beyond its ends
+    prices its largest or smallest rungs)."""
+    n_opt, _ = capped_optimal(ctx.law, rough_compute(ctx.target, precs), ctx.unique,
+                              ctx.max_epochs)
+    rungs = arch_ladder(ctx.arch)
+    top = min(rungs[-1].approx_params, ctx.max_params or float("inf"))
+    n = min(max(n_opt, rungs[0].approx_params), top)
+    return [s for s in rungs if n / LADDER_SPAN <= s.approx_params <= min(n * LADDER_SPAN, top)]
 
 
 def _price(shapes: list[Shape], precs: list[str], seq_lens: list[int] | None,
@@ -250,12 +254,12 @@ def _largest_fitting(below: float, precs: list[str], seq_lens: list[int] | None,
     return fit, no_fit
 
 
-def _candidates(law: laws.LossLaw, ctx: PlanContext, precs: list[str],
+def _candidates(ctx: PlanContext, precs: list[str],
                 seq_lens: list[int] | None) -> tuple[list[Candidate], list[Candidate], bool]:
     """(priced candidates that fit, those that do not, whether the window around the optimum
     held nothing that fits one device so the largest shapes that fit were priced instead).
     The smallest rung is always priced (so "too small" names the smallest model)."""
-    window = _window(law, ctx.target, precs, ctx.unique, ctx.arch, ctx.max_epochs)
+    window = _window(ctx, precs)
     setups, no_fit = _price(window, precs, seq_lens, ctx)
     fell_back = False
     if window and not setups and ctx.target.memory_strict:
@@ -320,30 +324,6 @@ def _rank_timed(
     return ranked, too_small, timed, busy_note(tgt), short
 
 
-def _optimum(law: laws.LossLaw, top: Candidate, unique: int | None,
-             max_epochs: float | None = None) -> dict[str, Any]:
-    """The law's compute-optimal allocations at the top candidate's compute."""
-    n_top, d_top = law.optimal(max(top.flops, 1.0))
-    optimum: dict[str, Any] = {
-        "flops": top.flops,
-        "closed_form": {"params": n_top, "tokens": d_top,
-                        "method": "Hoffmann et al. eq. 4" if law.form == "chinchilla"
-                        else "numeric minimum of L(N, C/6N)"},
-        "top_candidate": {"params": law.n_of(top.active_params, top.active_non_embedding_params),
-                          "tokens": top.tokens},
-    }
-    if unique is not None:
-        n_dc, d_dc = capped_optimal(law, max(top.flops, 1.0), unique, max_epochs)
-        optimum["data_constrained"] = {"params": n_dc, "tokens": d_dc,
-                                       "epochs": laws.epochs(d_dc, unique)}
-    return optimum
-
-
-def _optimal_params(optimum: dict[str, Any]) -> float:
-    """The compute-optimal size of `_optimum` (the data-constrained one when data is limited)."""
-    return float((optimum.get("data_constrained") or optimum["closed_form"])["params"])
-
-
 def _context(law: laws.LossLaw, tgt: Target, info: DataInfo, optimizer: str, family: str,
              arch: str, fit: dict[str, Any] | None = None,
              parametrization: str = "standard") -> PlanContext:
@@ -355,7 +335,8 @@ def _context(law: laws.LossLaw, tgt: Target, info: DataInfo, optimizer: str, fam
     cap, why = repetition_cap(law, fit)
     return PlanContext(tgt, law, info.unique, info.vocab, info.val_tokens, optimizer, family,
                        ref_seq, arch, max_epochs=cap if info.unique is not None else None,
-                       max_epochs_why=why, parametrization=parametrization,
+                       max_epochs_why=why, max_params=size_cap(law),
+                       parametrization=parametrization,
                        choose_vocab=info.config.tokenizer == "bpe" and law.kind != "fit")
 
 
@@ -472,7 +453,7 @@ def plan(
     precs = precisions_for(tgt, precisions)
     if not precs:
         raise UserError(f"plan: no precision has a peak FLOP/s on {tgt.name}")
-    setups, infeasible, fell_back = _candidates(law, ctx, precs, seq_lens)
+    setups, infeasible, fell_back = _candidates(ctx, precs, seq_lens)
     ranked, too_small, t_finish = _finish_timed(setups, ctx)
     spent = (lambda: time.perf_counter() - t0 + t_finish) if spend_planning else None
     ranked, too_small, timed, busy, short = _rank_timed(setups, ranked, too_small, ctx, timing,
@@ -482,10 +463,12 @@ def plan(
         raise UserError(why_nothing(budget, tgt, infeasible))
     ranked, extra = _beyond_budget(ranked, setups, ctx, precs, seq_lens, budget, inference)
     axes = ("loss", "seconds", "memory_bytes") if tgt.kind == "flops" else ("loss", "memory_bytes")
-    optimum = _optimum(law, ranked[0], info.unique, ctx.max_epochs)
+    optimum = law_optimum(law, ranked[0], info.unique, ctx.max_epochs)
     notes = _notes(ranked[0], ctx, info, timed, busy, short, ranked)
-    limit = size_limit_note(ranked[0], _optimal_params(optimum), tgt, law, infeasible, fell_back)
-    notes += [n for n in (limit, *_data_notes(ranked, ctx)) if n]
+    n_opt = optimal_params(optimum)
+    limit = size_limit_note(ranked[0], n_opt, tgt, law, infeasible, fell_back)
+    held = size_cap_note(law, n_opt, ctx.max_params)
+    notes += [n for n in (limit, held, *_data_notes(ranked, ctx)) if n]
     return Plan(
         budget=budget, target=tgt, law=law, data=info.config, data_given=info.given,
         unique_tokens=info.unique, vocab_size=ranked[0].vocab_size, candidates=ranked,

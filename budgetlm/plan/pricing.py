@@ -137,6 +137,7 @@ class PlanContext:
     arch: str = "gpt2"  # the recipe candidates are built with (`plan.arch`)
     max_epochs: float | None = None  # the repetition cap (`plan.data_limited`); None: none
     max_epochs_why: str = ""  # where that cap comes from, in words
+    max_params: float | None = None  # a fit's size cap (`plan.extrapolation`); None: none
     choose_vocab: bool = False  # a BPE's size per candidate (`laws.vocabulary`), not `vocab`
     parametrization: str = "standard"  # standard or mup (the lr prior and the exported model)
     # (precision, layout) -> (ladder size, sequence length) of the models whose micro-batch 1
