@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         ) if v and v != "both")
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         append_results(
-            f"## Data-limited plans: 3, 20 and 60 minutes on a ~1M-character corpus ({when})\n\n"
+            f"## Data-limited plans: {', '.join(minutes.split())} minutes on a ~1M-character "
+            f"corpus ({when})\n\n"
             f"{machine()}. `python benchmarks/data_limited.py{arm_flags}`. Held-out: the last "
             f"{HELD_OUT:.0%} of the corpus, seen by no plan and no pilot; whole-file loss of "
             "each run's best checkpoint (else its last).\n\n" + text)
