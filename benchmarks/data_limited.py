@@ -37,6 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, machine, make_corpus, run_cli  # noqa: E402
 
+from budgetlm.units import atomic_write_text  # noqa: E402
+
 HELD_OUT = 0.1  # of the corpus's characters, never seen by plans or pilots
 FULL_MINUTES = (3.0, 20.0, 60.0)
 QUICK_SECONDS = (20.0, 40.0)
@@ -175,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     kept = work / "data_limited.json"  # written as it goes; --resume starts from it
     rows = json.loads(kept.read_text()) if args.resume and kept.is_file() else []
     done = {r["run"] for r in rows}
+    arms = {"prior": lambda s: prior_row(s, train, held, work, env),
+            "calibrated": lambda s: calibrated_row(s, train, held, work, env, fit)}
     for s in budgets:
-        for arm, make in (("prior", prior_row), ("calibrated", calibrated_row)):
+        for arm, make in arms.items():
             if args.arm in (arm, "both") and f"{arm} {_duration(s)}" not in done:
-                extra = (fit,) if arm == "calibrated" else ()
-                rows.append(make(s, train, held, work, env, *extra))  # type: ignore[operator]
-                kept.write_text(json.dumps(rows, indent=1))
+                rows.append(make(s))
+                atomic_write_text(kept, json.dumps(rows, indent=1))
     text = table(rows)
     print(text)
     if not args.quick and not args.no_append:

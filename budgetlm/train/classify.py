@@ -74,7 +74,7 @@ def load_task(cfg: RunConfig, tokenizer: Tokenizer | None = None) -> LabeledData
     """The labeled data of a classification run (see the module docstring), tokenized by
     `tokenizer` when given (a finished run's saved one), else as the run does."""
     return load_labeled(cfg.data, cfg.model.seq_len, PAD_ID, cfg.seed,
-                        tokenizer=tokenizer or _init_tokenizer(cfg),
+                        tokenizer=tokenizer if tokenizer is not None else _init_tokenizer(cfg),
                         pretrained=cfg.model.from_pretrained)
 
 
