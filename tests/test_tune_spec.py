@@ -118,8 +118,13 @@ def test_schema_study_is_json_schema() -> None:
     assert res.exit_code == 0, res.output
     schema = json.loads(res.output)
     assert schema["title"] == "budgetlm StudySpec"
-    assert {"space", "trial_cap", "budget", "base", "name"} <= set(schema["required"])
     assert schema["additionalProperties"] is False
+    # without around every derived field is required; with around none is (the plan gives them)
+    assert schema["anyOf"] == [
+        {"required": ["around"]},
+        {"required": ["name", "base", "trial_cap", "budget", "space"]},
+    ]
+    assert not {"space", "trial_cap", "budget", "base", "name"} & set(schema.get("required", []))
 
 
 def test_quickstart_and_examples_validate() -> None:

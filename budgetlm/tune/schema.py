@@ -285,9 +285,20 @@ def format_study_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# What a study file with `around` may leave out (the plan gives it).
+DERIVED_FROM_AROUND = ("name", "base", "trial_cap", "budget", "space")
+
+
 def study_json_schema() -> str:
-    """The JSON Schema of a study file (`budgetlm schema study`)."""
+    """The JSON Schema of a study file (`budgetlm schema study`). A file that names `around`
+    may leave out what the plan gives (`budgetlm.tune.around.derive_around`): name, base,
+    trial_cap, budget and space are required only without it."""
     schema = StudySpec.model_json_schema()
+    derived = [k for k in DERIVED_FROM_AROUND if k in schema.get("required", [])]
+    schema["required"] = [k for k in schema.get("required", []) if k not in derived]
+    if not schema["required"]:
+        del schema["required"]
+    schema["anyOf"] = [{"required": ["around"]}, {"required": derived}]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "budgetlm StudySpec"
     return json.dumps(schema, indent=2)
