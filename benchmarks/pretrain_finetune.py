@@ -9,6 +9,14 @@ followed by what its facts imply. Measured first with stories: every family and 
 trainings stayed near the 1 / pairs accuracy of naming a room the story mentions (2-layer
 models did not learn the lookup in minutes), so pretraining had nothing to show there.
 
+T5 takes T5's relative position bias (`--t5-positions relative`, the default) or a learned
+position table (`learned`). Measured on the reviews task at this size (2+2 layers, d_model 64,
+one thread): after 120 s of span corruption (1,711 steps) a T5 fine-tune stayed at one class;
+after 600 s (12,674 steps) it reached 0.993 test accuracy. The decoder takes thousands of steps
+to learn to read the encoder: the first byte of a corrupted span stayed at the unigram level
+(2.77 nats) for 1,500 steps of a plain training loop, and Hugging Face's T5ForConditionalGeneration
+of the same shape did the same (2.74); with learned positions it fell to 2.21 in those steps.
+
 For each family (same width, depth, context and byte tokenizer):
 1. pretrain P seconds on the unlabeled text with its own objective (gpt next token, bert masked
    tokens, t5 corrupted spans; `task: lm`);
@@ -26,6 +34,7 @@ Prints a table and appends it to benchmarks/RESULTS.md. Takes about 3 x (2P + 3F
     python benchmarks/pretrain_finetune.py [--pretrain 60] [--finetune 60] [--families gpt bert t5]
                                            [--task reviews|stories] [--seq-len N] [--rows 6000]
                                            [--hops 2] [--pairs 2] [--workdir DIR] [--threads N]
+                                           [--t5-positions relative|learned]
                                            [--no-append] [--quick]
 
 --quick (a smoke check, not a result): 8 s + 8 s per family, small data, nothing appended.
@@ -49,6 +58,7 @@ from common import append_results, machine  # noqa: E402
 SHAPE = {"n_layer": 2, "n_head": 4, "d_model": 64, "seq_len": 64}  # seq_len: --seq-len
 PRESET = {"gpt": "tiny", "bert": "bert-tiny", "t5": "t5-tiny"}
 LR = 3e-3  # every family's peak lr in pretraining and from scratch (tiny's)
+T5_MODEL = {"positions": "relative"}  # --t5-positions (module docstring)
 
 
 def _config(family: str, task: str, source: str, seconds: float | None, threads: int | None,
@@ -57,7 +67,7 @@ def _config(family: str, task: str, source: str, seconds: float | None, threads:
 
     model = {**SHAPE}
     if family == "t5":
-        model["n_decoder_layer"] = SHAPE["n_layer"]
+        model.update({"n_decoder_layer": SHAPE["n_layer"], **T5_MODEL})
     values: dict[str, Any] = {f"model.{k}": v for k, v in model.items()}
     values.update({
         "task": task, "data.source": source,
@@ -143,6 +153,10 @@ TASKS = {
 def task_flags(args: argparse.Namespace) -> str:
     """The task's flags as given on the command line (for the table's command)."""
     flags = f" --task {args.task} --seq-len {args.seq_len} --rows {args.rows}"
+    if args.families != ["gpt", "bert", "t5"]:
+        flags += " --families " + " ".join(args.families)
+    if "t5" in args.families:
+        flags += f" --t5-positions {args.t5_positions}"
     if args.task == "stories":
         flags += f" --hops {args.hops} --pairs {args.pairs}"
     return flags
@@ -151,6 +165,8 @@ def task_flags(args: argparse.Namespace) -> str:
 def _table(rows: list[dict[str, Any]], p: float, f: float, n_test: int, majority: float,
            args: argparse.Namespace) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t5_shape = (f" (t5: {SHAPE['n_layer']}+{SHAPE['n_layer']}, {T5_MODEL['positions']} positions)"
+                if "t5" in args.families else "")
     lines = [
         f"## Pretrain then fine-tune on labeled data: GPT vs BERT vs T5 ({when})",
         "",
@@ -158,7 +174,7 @@ def _table(rows: list[dict[str, Any]], p: float, f: float, n_test: int, majority
         f"{' --threads ' + str(args.threads) if args.threads else ''}{task_flags(args)}` on "
         f"{machine()}. {TASKS[args.task]}; {n_test} test rows "
         f"from another seed, majority baseline {majority:.3f}. Every model: "
-        f"{SHAPE['n_layer']} layers (t5: {SHAPE['n_layer']}+{SHAPE['n_layer']}), d_model "
+        f"{SHAPE['n_layer']} layers{t5_shape}, d_model "
         f"{SHAPE['d_model']}, context {SHAPE['seq_len']} bytes. Pretrain {p:g} s + fine-tune "
         f"{f:g} s (lr: the planner's fraction of {LR:g}, 0.3 for gpt and bert, 1 for t5: "
         "`plan.finetune_classify`) vs the same classifier from scratch "
@@ -196,7 +212,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=None,
                     help="context in bytes (default: 64 for reviews, 256 for stories)")
     ap.add_argument("--rows", type=int, default=6000, help="labeled training rows")
+    ap.add_argument("--t5-positions", choices=["relative", "learned"], default="relative",
+                    help="t5's positions (module docstring): T5's relative bias, or learned")
     args = ap.parse_args()
+    T5_MODEL["positions"] = args.t5_positions
     args.seq_len = args.seq_len or (64 if args.task == "reviews" else 256)
     SHAPE["seq_len"] = args.seq_len
     import tempfile

@@ -87,7 +87,9 @@ PRESETS["bert-tiny"] = {
 
 # A small T5 that trains on a CPU: tiny's width as an encoder-decoder (2 + 2 layers), T5's
 # recipe (relative position bias, RMSNorm, ReLU MLP, no biases, tied head), span corruption of
-# 15% of the tokens in spans of mean length 3 (Raffel et al. 2020 §3.1.4).
+# 15% of the tokens in spans of mean length 3 (Raffel et al. 2020 §3.1.4). At this size the
+# decoder takes thousands of steps to learn to read the encoder: a fine-tune needs minutes of
+# pretraining before it (benchmarks/pretrain_finetune.py and RESULTS.md measure it).
 PRESETS["t5-tiny"] = {
     "name": "t5-tiny",
     "model": {
