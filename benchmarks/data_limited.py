@@ -187,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if not args.quick and not args.no_append:
-        minutes = " ".join(f"{m:g}" for m in args.minutes)
+        minutes = [f"{m:g}" for m in args.minutes]
         arm_flags = "".join(f" --{k} {v}" for k, v in (
             ("threads", args.threads), ("arm", args.arm),
-            ("minutes", minutes if tuple(args.minutes) != FULL_MINUTES else None),
+            ("minutes", " ".join(minutes) if tuple(args.minutes) != FULL_MINUTES else None),
         ) if v and v != "both")
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         append_results(
-            f"## Data-limited plans: {', '.join(minutes.split())} minutes on a ~1M-character "
+            f"## Data-limited plans: {', '.join(minutes)} minutes on a ~1M-character "
             f"corpus ({when})\n\n"
             f"{machine()}. `python benchmarks/data_limited.py{arm_flags}`. Held-out: the last "
             f"{HELD_OUT:.0%} of the corpus, seen by no plan and no pilot; whole-file loss of "

@@ -143,7 +143,7 @@ def pilots_epochs_note(pilot_epochs: list[float]) -> str:
 
 
 def law_optimum(law: laws.LossLaw, top: Candidate, unique: int | None,
-             max_epochs: float | None = None) -> dict[str, Any]:
+                max_epochs: float | None = None) -> dict[str, Any]:
     """The law's compute-optimal allocations at the top candidate's compute."""
     n_top, d_top = law.optimal(max(top.flops, 1.0))
     optimum: dict[str, Any] = {

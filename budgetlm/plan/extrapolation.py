@@ -28,11 +28,11 @@ def size_cap(law: laws.LossLaw) -> float | None:
     return FIT_SIZE_SPAN * float(law.fit_range[1])
 
 
-def size_cap_note(law: laws.LossLaw, optimal_params: float, cap: float | None) -> str | None:
+def size_cap_note(optimal_params: float, cap: float | None) -> str | None:
     """Plain words when the fit's optimum (`optimal_params`) lies beyond the size cap."""
-    if cap is None or optimal_params <= cap or not law.fit_range:
+    if cap is None or optimal_params <= cap:
         return None
-    return (f"size: the fit's largest pilot has {format_count(law.fit_range[1])} params, so "
+    return (f"size: the fit's largest pilot has {format_count(cap / FIT_SIZE_SPAN)} params, so "
             f"candidates stay within {FIT_SIZE_SPAN:g}x of it (at most {format_count(cap)}); the "
             f"fit's optimum at this compute ({format_count(optimal_params)}) lies beyond what its "
             "pilots measured (a larger --pilot-fraction or budget calibrates larger models)")

@@ -467,7 +467,7 @@ def plan(
     notes = _notes(ranked[0], ctx, info, timed, busy, short, ranked)
     n_opt = optimal_params(optimum)
     limit = size_limit_note(ranked[0], n_opt, tgt, law, infeasible, fell_back)
-    held = size_cap_note(law, n_opt, ctx.max_params)
+    held = size_cap_note(n_opt, ctx.max_params)
     notes += [n for n in (limit, held, *_data_notes(ranked, ctx)) if n]
     return Plan(
         budget=budget, target=tgt, law=law, data=info.config, data_given=info.given,
