@@ -8,10 +8,10 @@ The budget B (default 600 s) is wall-clock time on this CPU, tuning included:
 2. Plan: `budgetlm plan --time B --data TRAIN --tokenizer char --no-calibrate -o plan.yaml`.
 3. Plan alone, twice (seeds 0 and 1): `budgetlm train plan.yaml` for the whole B. The two runs
    measure the run-to-run scatter (seed and timing) of the plan alone.
-4. Tuned: `budgetlm tune --around plan.yaml --share S`: µP proxies of the planned model are
-   tuned for S x B, the best proxy's hyperparameters are transferred to the planned width under
-   µP, and that model trains for what is left of B (the command's whole wall time is B plus
-   process start-up).
+4. Tuned: `budgetlm tune --around plan.yaml --share S`: µP proxies of the planned model
+   (µP anchored at the plan's width) are tuned for S x B, the best proxy's hyperparameters are
+   transferred to the planned width, and that model trains for what is left of B (the
+   command's whole wall time is B plus process start-up).
 5. Every final model (its best checkpoint when the run kept one, else its last) is evaluated on
    the whole held-out file: bits per byte.
 
@@ -84,7 +84,8 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.Na
         f"m = {summary['width_mult']:g}), {tr['total']} trials ({tr['complete']} complete, "
         f"{tr['pruned']} pruned, {tr['failed']} failed), {summary['tuning_seconds']:.0f} s "
         f"= {100 * summary['tuning_fraction']:.0f}% of the budget. Plan alone: "
-        f"{_settings(ps)}; transferred (µP): {_settings(ts)}.",
+        f"{_settings(ps)}; transferred from the proxies: {_settings(ts)}. Changed from the "
+        f"plan: {_changes(ps, ts)}.",
         "",
         f"Plan-alone scatter {scatter:.4f} bpb; the tuned run is {abs(margin):.4f} bpb "
         f"{'below' if margin > 0 else 'above'} the better plan-alone run: "
@@ -92,6 +93,13 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.Na
         "by more than the scatter).",
     ]
     return "\n".join(lines)
+
+
+def _changes(plan: dict[str, Any], moved: dict[str, Any]) -> str:
+    """The settings the transfer changed, `name plan -> moved` (the best trial's edit)."""
+    keys = [k for k in plan if k in moved and moved[k] != plan[k]
+            and k not in ("hidden_lr", "batch_tokens")]  # both follow from the others
+    return ", ".join(f"{k} {plan[k]} -> {moved[k]}" for k in keys) or "nothing"
 
 
 def _settings(s: dict[str, Any]) -> str:
@@ -102,7 +110,7 @@ def _settings(s: dict[str, Any]) -> str:
            f"{s['warmup_fraction']:.3g}")
     if s.get("decay_fraction") is not None:
         out += f", decay {s['decay_fraction']:.3g}"
-    return out
+    return out + f", dropout {s.get('dropout', 0.0):.3g}"
 
 
 def main(argv: list[str] | None = None) -> int:

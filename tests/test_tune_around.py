@@ -21,10 +21,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from budgetlm.cli import app
-from budgetlm.config import RunConfig, load_config
+from budgetlm.config import RunConfig, load_config, validate
 from budgetlm.config.schema import ModelConfig
 from budgetlm.errors import UserError
-from budgetlm.tune.around import AroundOptions, proxy_width
+from budgetlm.tune.around import AroundOptions, proxy_width, read_plan
 from budgetlm.tune.around_files import AroundFile
 from budgetlm.tune.around_report import render_around
 from budgetlm.tune.spec import around_study, load_study
@@ -91,46 +91,110 @@ def test_derived_study_is_the_documented_one(tmp_path: Path) -> None:
     spec = study.spec
     assert spec.name == "plan-L1-d128-around" and spec.around == str(plan)
     assert (spec.share, spec.proxy_width, spec.train_after) == (0.5, 32, True)
-    # the proxy: d_model / 4 (a multiple of 2·n_head), d_ff scaled alike, its own µP base
+    # the proxy: d_model / 4 (a multiple of 2·n_head), d_ff scaled alike, µP anchored at the
+    # plan's width (so its multiplier is 1/4)
     m = study.base["model"]
     assert (m["d_model"], m["d_ff"], m["n_head"], m["n_layer"], m["seq_len"]) == (32, 128, 4, 1, 32)
-    assert (m["parametrization"], m["mup_base_width"]) == ("mup", 32)
+    assert (m["parametrization"], m["mup_base_width"]) == ("mup", 128)
     assert study.base["meta"]["predicted"] is None  # the planned width's prediction is dropped
     assert study.base["data"]["source"] == DATA
-    # caps and budget: share·T, trials a sixth of it on the time axis, median pruner
+    # caps and budget: share·T, trials a third of it on the time axis, median pruner
     assert spec.budget.time == pytest.approx(0.5 * PLAN_SECONDS)
     assert spec.trial_cap.kind == "time"
-    assert spec.trial_cap.value == pytest.approx(0.5 * PLAN_SECONDS / 6, abs=1e-3)
+    assert spec.trial_cap.value == pytest.approx(0.5 * PLAN_SECONDS / 3, abs=1e-3)
+    # the median pruner waits for a third of a trial's cap (the loss's first fall looks alike)
     assert spec.pruner.type == "median"
+    assert spec.pruner.warmup == pytest.approx(0.5 * PLAN_SECONDS / 9, abs=1e-3)
     space = {k: v.model_dump() for k, v in spec.space.items()}
     lr = space["optim.lr"]
-    assert lr["log"] and lr["low"] == pytest.approx(1e-4) and lr["high"] == pytest.approx(3e-2)
-    assert (space["model.init_std"]["low"], space["model.init_std"]["high"]) == (0.005, 0.08)
+    # a neighbourhood of the plan: lr / 16 (Lion is a choice) to x 4, init_std / 3 to x 3
+    assert lr["log"] and (lr["low"], lr["high"]) == (0.000188, 0.012)  # 3 significant digits
+    assert (space["model.init_std"]["low"], space["model.init_std"]["high"]) == (0.00667, 0.06)
     assert space["train.grad_accum"]["choices"] == [1, 2, 4]
     assert (space["schedule.warmup_fraction"]["low"],
             space["schedule.warmup_fraction"]["high"]) == (0.0, 0.1)
     assert (space["schedule.decay_fraction"]["low"],
             space["schedule.decay_fraction"]["high"]) == (0.1, 0.5)
     assert space["optim.name"]["choices"] == ["adamw", "lion"]
-    assert spec.enqueue == [{"optim.lr": 3e-3, "model.init_std": 0.02, "train.grad_accum": 2,
-                             "schedule.warmup_fraction": 0.05, "schedule.decay_fraction": 0.2,
-                             "optim.name": "adamw"}]
+    # first the plan's own values, then the plan with one value moved: lr x2, lr /2, the next
+    # larger batch (no dropout to turn off)
+    plan_values = {"optim.lr": 3e-3, "model.init_std": 0.02, "train.grad_accum": 2,
+                   "schedule.warmup_fraction": 0.05, "schedule.decay_fraction": 0.2,
+                   "optim.name": "adamw"}
+    assert spec.enqueue == [plan_values, {**plan_values, "optim.lr": 0.006},
+                            {**plan_values, "optim.lr": 0.0015},
+                            {**plan_values, "train.grad_accum": 4}]
 
 
 def test_space_follows_the_plan_and_overrides_win(tmp_path: Path) -> None:
     plan = write_plan(tmp_path, **{"optim.name": "lion", "optim.lr": 3e-4, "train.grad_accum": 1,
-                                   "schedule.name": "cosine", "schedule.min_lr_ratio": 0.1})
+                                   "schedule.name": "cosine", "schedule.min_lr_ratio": 0.1,
+                                   "model.dropout": 0.1})
     spec = around_study(plan, ["space.optim.lr.high=0.01", "space.schedule.min_lr_ratio=null",
                                "budget.trials=3"],
                         options=AroundOptions(proxy_width=64, trial_time=2.5)).spec
     assert "optim.name" not in spec.space  # lion only: nothing to choose
-    assert spec.space["optim.lr"].low == pytest.approx(3e-5)  # lr / 10 without another optimizer
+    assert spec.space["optim.lr"].low == pytest.approx(7.5e-5)  # lr / 4 without another optimizer
     assert spec.space["optim.lr"].high == 0.01  # --set wins over the derived range
     assert "schedule.min_lr_ratio" not in spec.space  # and null removes a parameter
-    assert spec.space["train.micro_batch"].choices == [4, 8, 16]  # grad_accum 1: the micro-batch
+    # grad_accum 1: the micro-batch, x1/2 to x4
+    assert spec.space["train.micro_batch"].choices == [4, 8, 16, 32]
+    # the plan's dropout is not searched (a proxy's short run cannot show overfitting)
+    assert "model.dropout" not in spec.space
+    # the plan's values, then one moved at a time: lr x2, lr /2, the next larger micro-batch
+    assert [{k: v for k, v in e.items() if e[k] != spec.enqueue[0][k]}
+            for e in spec.enqueue[1:]] == [{"optim.lr": 6e-4}, {"optim.lr": 1.5e-4},
+                                           {"train.micro_batch": 16}]
+    # a move the space cannot take is not made: lr x2 past a given high end
+    capped = around_study(plan, ["space.optim.lr.high=0.0005"]).spec
+    assert [e["optim.lr"] for e in capped.enqueue] == [3e-4, 1.5e-4, 3e-4]
     assert spec.proxy_width == 64 and spec.trial_cap.value == 2.5
     assert spec.budget.trials == 3 and spec.budget.time == pytest.approx(0.2 * PLAN_SECONDS)
     assert "schedule.min_lr_ratio" not in spec.enqueue[0]
+
+
+def test_proxies_are_the_plan_narrowed_under_mup_anchored_at_the_plan(tmp_path: Path) -> None:
+    """A standard plan anchors µP at its own width: the plan's values in a proxy give its hidden
+    matrices Adam lr x d_model/proxy (and the readout its multiplier), the plan's run narrowed;
+    a µP plan keeps its base width, and the transferred config its parametrization."""
+    from budgetlm.model import build_model
+    from budgetlm.optim import build_optimizer
+    from budgetlm.tune.around_run import transferred_config
+
+    def hidden_lr(cfg: RunConfig) -> float:
+        opt = build_optimizer(build_model(cfg.model), cfg.optim,
+                              width_mult=cfg.model.width_mult)
+        return max(g["lr"] for g in opt.param_groups)
+
+    for over, base in (({}, 128), ({"model.parametrization": "mup",
+                                    "model.mup_base_width": 64}, 64)):
+        plan = write_plan(tmp_path, **over)
+        study = around_study(plan)
+        proxy = validate(study.base, source="proxy")
+        assert (proxy.model.d_model, proxy.model.mup_base_width) == (32, base)
+        assert proxy.model.width_mult == 32 / base
+        assert hidden_lr(proxy) == pytest.approx(3e-3 * base / 32)
+        best = type("Best", (), {"params": dict(study.spec.enqueue[0]), "number": 0,
+                                 "values": [1.0]})()
+        moved = transferred_config(study, read_plan(plan), best, 1.0)
+        planned = load_config(str(plan))
+        assert moved.model == planned.model  # the plan's own values: the plan's own model
+        assert moved.optim == planned.optim and moved.train.max_time == PLAN_SECONDS - 1.0
+
+
+@pytest.mark.parametrize(("micro_batch", "grad_accum", "want"), [
+    (15, 1, ("train.micro_batch", [8, 15, 30, 60])),  # no accumulation: x1/2 (rounded) to x4
+    (1, 1, ("train.micro_batch", [1, 2, 4])),
+    (8, 2, ("train.grad_accum", [1, 2, 4])),  # memory-bound plans keep their micro-batch
+    (8, 3, ("train.grad_accum", [3, 6])),
+    ("auto", 1, ("train.grad_accum", [1, 2])),
+])
+def test_batch_choices(micro_batch: int | str, grad_accum: int,
+                       want: tuple[str, list[int]]) -> None:
+    from budgetlm.config.schema import TrainConfig
+    from budgetlm.tune.around import batch_param
+
+    assert batch_param(TrainConfig(micro_batch=micro_batch, grad_accum=grad_accum)) == want
 
 
 def test_study_file_with_around_resolves_the_plan_beside_it(
@@ -195,15 +259,16 @@ def test_tune_around_transfers_trains_and_reports(
 
     cfg = load_config(str(out / "transferred.yaml"))
     best = record["best"]
-    assert (cfg.model.parametrization, cfg.model.mup_base_width, cfg.model.d_model) == (
-        "mup", 32, 128)
+    # the plan's own parametrization at the plan's width: the proxies' µP is anchored there
+    assert (cfg.model.parametrization, cfg.model.width_mult, cfg.model.d_model) == (
+        "standard", 1.0, 128)
     assert cfg.optim.lr == pytest.approx(best["params"]["optim.lr"])
     assert cfg.optim.name == best["params"]["optim.name"]
     assert cfg.train.max_time == pytest.approx(PLAN_SECONDS - spent, abs=0.01)
     tuned = cfg.meta["tuned_around"]
     assert (tuned["trial"], tuned["proxy_width"], tuned["share"]) == (best["number"], 32, 0.5)
     moved = record["transferred_settings"]
-    assert moved["hidden_lr"] == pytest.approx(cfg.optim.lr / 4)
+    assert moved["hidden_lr"] == pytest.approx(cfg.optim.lr)
     assert record["plan_settings"]["lr"] == 3e-3 and record["plan_settings"]["width_mult"] == 1
 
     final = record["final"]
@@ -212,7 +277,7 @@ def test_tune_around_transfers_trains_and_reports(
     result = json.loads((Path(final["run_dir"]) / "result.json").read_text())
     assert result["train_seconds"] <= cfg.train.max_time * 1.1 + 1.0
     saved = yaml.safe_load((Path(final["run_dir"]) / "config.yaml").read_text())
-    assert saved["model"]["parametrization"] == "mup" and saved["model"]["d_model"] == 128
+    assert saved["model"]["parametrization"] == "standard" and saved["model"]["d_model"] == 128
     assert (out / "summary.json").exists() and (out / "best.yaml").exists()
 
     console = Console(record=True, width=140)
@@ -253,7 +318,7 @@ def test_a_crashing_final_run_keeps_the_study_and_the_transfer(
     assert record["status"] == "final run failed" and record["final"]["status"] == "crashed"
     assert record["trials"]["complete"] == 1
     assert json.loads((out / "summary.json").read_text())["best"]["number"] == 0
-    assert load_config(str(out / "transferred.yaml")).model.parametrization == "mup"
+    assert load_config(str(out / "transferred.yaml")).model.d_model == 128
 
 
 def test_no_time_left_is_recorded_and_exits_2(

@@ -43,6 +43,7 @@ class SettingsRecord(Record):
     warmup_fraction: float = Field(description="schedule.warmup_fraction")
     decay_fraction: float | None = Field(description="schedule.decay_fraction (wsd only)")
     min_lr_ratio: float = Field(description="schedule.min_lr_ratio")
+    dropout: float = Field(0.0, description="model.dropout")
     parametrization: str = Field(description="model.parametrization")
     width_mult: float = Field(description="d_model / mup_base_width (1 under standard)")
 
@@ -55,7 +56,7 @@ class SettingsRecord(Record):
             batch_tokens=None if mb == "auto" else cfg.tokens_per_step,
             schedule=cfg.schedule.name, warmup_fraction=cfg.schedule.warmup_fraction,
             decay_fraction=cfg.schedule.decay_fraction if cfg.schedule.name == "wsd" else None,
-            min_lr_ratio=cfg.schedule.min_lr_ratio,
+            min_lr_ratio=cfg.schedule.min_lr_ratio, dropout=cfg.model.dropout,
             parametrization=cfg.model.parametrization, width_mult=cfg.model.width_mult,
         )
 
@@ -119,7 +120,7 @@ class AroundFile(Record):
     remaining_seconds: float | None = Field(
         None, description="T - tuning_seconds: the transferred run's train.max_time")
     d_model: int = Field(description="the planned width")
-    proxy_width: int = Field(description="the proxies' d_model (their own µP base width)")
+    proxy_width: int = Field(description="the proxies' d_model (µP, base width the plan's)")
     width_mult: float = Field(description="d_model / proxy_width: the transfer's multiplier m")
     trials: TrialCounts
     best: BestRecord | None = None

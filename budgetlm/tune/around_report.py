@@ -35,6 +35,7 @@ def settings_rows(plan: dict[str, Any], moved: dict[str, Any] | None) -> list[tu
         ("init_std", lambda s: _num(s["init_std"])),
         ("batch (micro x accum)", _batch),
         ("schedule", _schedule),
+        ("dropout", lambda s: _num(s.get("dropout"))),
         ("parametrization", lambda s: f"{s['parametrization']} (m = {s['width_mult']:.3g})"),
     ]
     return [(name, get(plan), get(moved) if moved else "-") for name, get in rows]

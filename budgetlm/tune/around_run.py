@@ -3,10 +3,12 @@ transfer the best proxy trial to the planned width and train that with the time 
 
 The transfer (µTransfer, Yang et al. 2022): the best trial's values (lr, init_std, batch,
 warmup/decay, optimizer, and any other parameter of the space but the proxy's shape; not the
-study's `fixed` values, which are the proxies') go onto the plan's config with
-`parametrization: mup` and `mup_base_width` = the proxy width, so the planned width trains with
-what the proxy found best, scaled by the model's and optimizer's µP rules (e.g. hidden Adam lr
-/ m, for m = d_model / proxy width). Its `train.max_time` is the plan's
+study's `fixed` values, which are the proxies') go onto the plan's config unchanged: the proxies
+are µP models anchored at the plan (budgetlm.tune.around.anchor_width), so the plan's width is
+where their lr and init mean what the plan's do, and the planned model trains in the plan's own
+parametrization with what the narrow proxies found best (scaled by µP's rules between the two
+widths: a proxy's hidden Adam lr is lr·d_model/proxy width, the plan's lr). Its
+`train.max_time` is the plan's
 time T less the wall time tuning took, measured from the command's start to the transfer
 (start-up, trials, outputs); its evaluation clock is scaled to keep the plan's number of
 evaluations; `meta.tuned_around` records where it came from. It is written (atomically) to
@@ -94,23 +96,22 @@ def write_record(study: Study, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def transferred_config(study: Study, plan: PlannedRun, best: Any, spent: float) -> RunConfig:
-    """The plan with the best trial's values at µP base width = the proxy width, capped at the
-    plan's time less `spent`, with its provenance in meta.tuned_around."""
+    """The plan with the best trial's values (in the plan's parametrization: the proxies' µP is
+    anchored at it), capped at the plan's time less `spent`, with its provenance in
+    meta.tuned_around."""
     spec = study.spec
     width = int(spec.proxy_width or 0)
     d = plan.config.model_dump(mode="json")
     for key, value in best.params.items():
         if key not in WIDTH_PATHS:  # the proxy's shape stays the proxy's
             set_path(d, key, value)
-    set_path(d, "model.parametrization", "mup")
-    set_path(d, "model.mup_base_width", width)
     remaining = plan.seconds - spent
     train = d["train"]
     if train.get("eval_time_interval"):  # the plan's number of evaluations, on the new clock
         train["eval_time_interval"] = round(train["eval_time_interval"] * remaining
                                             / plan.seconds, 3)
     train["max_time"] = round(remaining, 3)
-    d["name"] = f"{plan.config.name}-mup"
+    d["name"] = f"{plan.config.name}-tuned"
     meta = d.setdefault("meta", {})
     meta.pop("tune", None)
     meta["tuned_around"] = {
@@ -159,7 +160,8 @@ def finish(study: Study, plan: PlannedRun, tuner: Any, t0: float, show: Any) -> 
     cfg = transferred_config(study, plan, best, spent)
     path = write_config(cfg, out / "transferred.yaml",
                         f"trial {best.number} of study {spec.name} at d_model "
-                        f"{cfg.model.d_model} (µP, base width {spec.proxy_width})",
+                        f"{cfg.model.d_model} (tuned on µP proxies of d_model "
+                        f"{spec.proxy_width})",
                         flag="study output")
     record.update(status="transferred", remaining_seconds=cfg.train.max_time,
                   transferred=str(path), transferred_settings=moved)
