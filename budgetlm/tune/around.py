@@ -428,8 +428,7 @@ def derive_around(raw: dict[str, Any], study_dir: Path | None,
         out["fixed"] = {**proxy_fixed(plan.config.model, width, plan.path), **(fixed or {})}
     out["trial_cap"] = merge_cap({"time": round(tuning / TRIALS_PER_BUDGET, 3)},
                                  raw.get("trial_cap"))
-    pruner = pruner_after_warmup(out["trial_cap"])
-    if "pruner" not in raw and pruner is not None:
+    if "pruner" not in raw and (pruner := pruner_after_warmup(out["trial_cap"])) is not None:
         out["pruner"] = pruner
     budget = raw.get("budget")
     out["budget"] = {"time": round(tuning, 3), **budget} if isinstance(budget, dict) else (

@@ -120,7 +120,7 @@ class AroundFile(Record):
     remaining_seconds: float | None = Field(
         None, description="T - tuning_seconds: the transferred run's train.max_time")
     d_model: int = Field(description="the planned width")
-    proxy_width: int = Field(description="the proxies' d_model (µP, base width the plan's)")
+    proxy_width: int = Field(description="the proxies' d_model (µP, with the plan's base width)")
     width_mult: float = Field(description="d_model / proxy_width: the transfer's multiplier m")
     trials: TrialCounts
     best: BestRecord | None = None
