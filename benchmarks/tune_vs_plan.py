@@ -66,13 +66,15 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.Na
         "docstrings (1,000,000 chars, char tokenizer), the last 10% held out from everything; "
         f"{args.budget:g} s of wall time per arm, tuning included.",
         "",
-        "| run | params | steps | tokens | wall s | held-out bpb | held-out loss |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | params | steps | tokens | wall s | ended | held-out bpb | held-out loss |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
         res = r["result"]
+        ended = res["stop_reason"] if res["status"] == "early_stopped" else res["status"]
         lines.append(f"| {r['run']} | {res['params']:,} | {res['steps']:,} | "
-                     f"{res['tokens']:,} | {r['wall']:.0f} | {r['bpb']:.4f} | {r['loss']:.4f} |")
+                     f"{res['tokens']:,} | {r['wall']:.0f} | {ended} | {r['bpb']:.4f} | "
+                     f"{r['loss']:.4f} |")
     a, b, t = rows[0]["bpb"], rows[1]["bpb"], rows[2]["bpb"]
     scatter = abs(a - b)
     margin = min(a, b) - t

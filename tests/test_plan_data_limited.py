@@ -106,12 +106,15 @@ def test_repeating_plans_regularize_and_stop_early(plans: dict) -> None:
     assert cfg.model.dropout == DROPOUT_MANY_EPOCHS == dropout_for(top.epochs)
     assert cfg.optim.weight_decay == 0.1
     assert cfg.train.patience == PATIENCE_REPEATING
+    # a wsd plan cools down where patience runs out (an annealed best checkpoint)
+    assert cfg.schedule.name == "wsd" and cfg.train.on_plateau == "cooldown"
     assert any(n.startswith("repeats:") and "dropout" in n for n in p.notes)
     # unlimited data
     fresh = plan(Budget(seconds=180), profile=fake_cpu_profile(bf16=None), timing=False)
     assert fresh.top.epochs == 1.0
     cfg = fresh.config(0)
     assert cfg.model.dropout == 0.0 and cfg.train.patience is None
+    assert cfg.train.on_plateau == "stop"
     assert fresh.max_epochs is None
     assert not any(n.startswith("data-limited") for n in plans[("prior", 3)].notes)
 

@@ -244,3 +244,28 @@ def test_failed_run_leaves_no_empty_run_dir(tmp_path: Path) -> None:
     with pytest.raises(UserError):
         train(cfg, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_plateau_starts_the_wsd_cooldown_instead_of_stopping(tmp_path: Path) -> None:
+    # as test_early_stopping, but patience running out at step 15 starts the wsd cooldown there
+    # (train.on_plateau cooldown): 25 more steps (decay_fraction of 100) down to min_lr_ratio
+    cfg = tiny("optim.lr=1e-9", "train.patience=2", "train.min_delta=0.5", "train.max_steps=100",
+               "train.eval_interval=5", "schedule.name=wsd", "schedule.decay_fraction=0.25",
+               "schedule.min_lr_ratio=0", "train.on_plateau=cooldown")
+    res = train(cfg, run_dir=tmp_path / "r")
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    cooldown = [json.loads(x) for x in lines if '"cooldown"' in x]
+    assert [r["step"] for r in cooldown] == [15] and cooldown[0]["progress"] == pytest.approx(0.15)
+    assert res.status == "early_stopped" and res.steps == 40
+    assert "cooled down from 15% of the run" in res.stop_reason
+    lr = {r["step"]: r["lr"] for r in train_records(tmp_path / "r")}
+    assert lr[15] == lr[16] == pytest.approx(1e-9)  # the step that starts the cooldown: still 1
+    for step in range(17, 41):  # the lr of step n is set at progress (n - 1) / 100
+        since = (step - 1) / 100 - 0.15
+        assert lr[step] == pytest.approx(1e-9 * (1 - math.sqrt(since / 0.25)), abs=1e-15), step
+    assert lr[40] < 0.1e-9
+
+
+def test_cooldown_on_plateau_needs_wsd() -> None:
+    with pytest.raises(UserError, match="train.on_plateau: cooldown needs schedule.name wsd"):
+        tiny("schedule.name=cosine", "train.on_plateau=cooldown")

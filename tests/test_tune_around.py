@@ -139,14 +139,16 @@ def test_space_follows_the_plan_and_overrides_win(tmp_path: Path) -> None:
     assert "schedule.min_lr_ratio" not in spec.space  # and null removes a parameter
     # grad_accum 1: the micro-batch, x1/2 to x4
     assert spec.space["train.micro_batch"].choices == [4, 8, 16, 32]
-    # the plan's dropout is not searched (a proxy's short run cannot show overfitting)
-    assert "model.dropout" not in spec.space
-    # the plan's values, then one moved at a time: lr x2, lr /2, the next larger micro-batch
+    # the plan's dropout, or none
+    assert spec.space["model.dropout"].choices == [0.0, 0.1]
+    # the plan's values, then one moved at a time: dropout off, lr x2, lr /2, the next larger
+    # micro-batch
     assert [{k: v for k, v in e.items() if e[k] != spec.enqueue[0][k]}
-            for e in spec.enqueue[1:]] == [{"optim.lr": 6e-4}, {"optim.lr": 1.5e-4},
-                                           {"train.micro_batch": 16}]
-    # a move the space cannot take is not made: lr x2 past a given high end
-    capped = around_study(plan, ["space.optim.lr.high=0.0005"]).spec
+            for e in spec.enqueue[1:]] == [{"model.dropout": 0.0}, {"optim.lr": 6e-4},
+                                           {"optim.lr": 1.5e-4}, {"train.micro_batch": 16}]
+    # a move the space cannot take is not made: lr x2 past a given high end; dropout removed
+    capped = around_study(plan, ["space.optim.lr.high=0.0005", "space.model.dropout=null"]).spec
+    assert "model.dropout" not in capped.space and "model.dropout" not in capped.enqueue[0]
     assert [e["optim.lr"] for e in capped.enqueue] == [3e-4, 1.5e-4, 3e-4]
     assert spec.proxy_width == 64 and spec.trial_cap.value == 2.5
     assert spec.budget.trials == 3 and spec.budget.time == pytest.approx(0.2 * PLAN_SECONDS)

@@ -23,6 +23,7 @@ Pooling = Literal["auto", "cls", "mean", "last"]
 Parametrization = Literal["standard", "mup"]
 Monitor = Literal["val_loss", "val_accuracy", "val_f1"]
 MonitorMode = Literal["auto", "min", "max"]
+OnPlateau = Literal["stop", "cooldown"]
 
 # Optimizers whose update has no width rule under µP (Yang et al. 2022 give Adam's and SGD's).
 NO_MUP_RULE = {

@@ -20,6 +20,7 @@ from budgetlm.config.kinds import (
     Monitor,
     MonitorMode,
     Norm,
+    OnPlateau,
     OptimizerName,
     Parallel,
     Parametrization,
@@ -327,6 +328,11 @@ class TrainConfig(StrictModel):
     log_interval: int = Field(10, ge=1, description="log every N optimizer steps")
     patience: int | None = Field(None, ge=1, description="early stop after N evals w/o gain")
     min_delta: float = Field(0.0, ge=0.0, description="improvement that resets patience")
+    on_plateau: OnPlateau = Field(
+        "stop",
+        description="what running out of patience does: stop, or (schedule wsd) cooldown: start "
+        "the wsd decay there, over decay_fraction of the run, and stop at its end",
+    )
     monitor: Monitor = Field(
         "val_loss",
         description="what early stopping and the best checkpoint follow: val_loss, or for "
@@ -416,6 +422,9 @@ class RunConfig(StrictModel):
             raise ValueError(f"train.monitor: {self.train.monitor} needs task: classification")
         if self.task == "classification" and self.finetune.method == "lora":
             raise ValueError("finetune.method: lora is for task lm; classification trains full")
+        if self.train.on_plateau == "cooldown" and self.schedule.name != "wsd":
+            raise ValueError(f"train.on_plateau: cooldown needs schedule.name wsd "
+                             f"(not {self.schedule.name})")
         return self
 
     @model_validator(mode="after")

@@ -30,16 +30,22 @@ def _decay(cfg: ScheduleConfig, p: float) -> float:
         # Warmup-stable-decay with a (1 − sqrt) cooldown over the last decay_fraction: Hägele et
         # al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations",
         # §3 (1−sqrt outperformed linear and cosine cooldowns).
-        start = 1.0 - cfg.decay_fraction
-        if p <= start:
-            return 1.0
-        x = (p - start) / cfg.decay_fraction
-        return lo + (1.0 - lo) * (1.0 - math.sqrt(x))
+        return wsd_cooldown(cfg, p - (1.0 - cfg.decay_fraction))
     raise ValueError(f"schedule.name: unknown schedule {cfg.name!r}")
 
 
+def wsd_cooldown(cfg: ScheduleConfig, since: float) -> float:
+    """The wsd multiplier `since` (a fraction of the run) after its cooldown began: 1 before,
+    1 − sqrt down to min_lr_ratio over decay_fraction, min_lr_ratio after."""
+    if since <= 0.0:
+        return 1.0
+    x = min(since / cfg.decay_fraction, 1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - math.sqrt(x))
+
+
 def lr_factor(
-    cfg: ScheduleConfig, progress: float, step: int, total_steps: int | None = None
+    cfg: ScheduleConfig, progress: float, step: int, total_steps: int | None = None,
+    cooldown_from: float | None = None,
 ) -> float:
     """Multiplier of the peak lr, in [0, 1].
 
@@ -54,6 +60,9 @@ def lr_factor(
     `get_lr` / learning_rate — warmup (step+1)/(warmup_steps+1) while step < warmup_steps, then
     decay measured from warmup end, p = (step − warmup_steps)/(total_steps − warmup_steps), and
     min_lr_ratio from step total_steps on. warmup_fraction, if also set, still multiplies.
+
+    cooldown_from (wsd, train.on_plateau cooldown): the progress at which a plateau started the
+    cooldown early; it then runs from there over decay_fraction of the progress, in either mode.
 
     Decaying schedules return exactly min_lr_ratio at progress 1 (or step total_steps).
     """
@@ -71,6 +80,8 @@ def lr_factor(
         factor = _decay(cfg, progress)
         if w > 0:
             factor *= min(1.0, (step + 1) / w)
+    if cooldown_from is not None:
+        factor = min(factor, wsd_cooldown(cfg, progress - cooldown_from))
     if cfg.warmup_fraction > 0:
         factor *= min(1.0, progress / cfg.warmup_fraction)
     return min(max(factor, 0.0), 1.0)

@@ -102,7 +102,8 @@ def regularization_note(top: Candidate) -> str | None:
     return (f"repeats: {top.epochs:.1f} epochs, so the exported config regularizes: dropout "
             f"{dropout_for(top.epochs):g}, weight decay 0.1, and stops early after "
             f"{PATIENCE_REPEATING} evaluations without a better validation loss (train.patience; "
-            "the best checkpoint is kept) (Xue et al. 2023; Muennighoff et al. 2023)")
+            "a wsd schedule starts its cooldown there, train.on_plateau; the best checkpoint is "
+            "kept) (Xue et al. 2023; Muennighoff et al. 2023)")
 
 
 def data_limit_note(top: Candidate, ctx: PlanContext, why: str) -> str | None:

@@ -41,7 +41,7 @@ from budgetlm.plan.finetune_classify import (
     seq_len_note,
 )
 from budgetlm.plan.pricing import precisions_for
-from budgetlm.plan.recipe import optim_config, schedule_config, train_config
+from budgetlm.plan.recipe import optim_config, plateau_config, schedule_config, train_config
 from budgetlm.plan.timing import SHORT_BUDGET, TIMED, busy_note, timing_default
 from budgetlm.units import format_count, short_bytes, write_json
 
@@ -189,7 +189,7 @@ def candidate_config(c: FinetuneCandidate, tgt: Target, base: PretrainedBase, da
         optim=optim_config(c, optimizer),  # type: ignore[arg-type]
         schedule=schedule_config(c, schedule),  # type: ignore[arg-type]
         data=data,
-        train=train.model_copy(update=update),
+        train=plateau_config(train.model_copy(update=update), schedule),
         finetune=c.method.finetune(),
         meta=meta or {},
     )

@@ -203,8 +203,16 @@ def run_config(
                                                 else f"-{c.shape.arch}"),
         seed=seed, model=model,
         optim=optim_config(c, optimizer), schedule=schedule_config(c, schedule), data=data,
-        train=train_config(c, target, **train_options), meta=meta,
+        train=plateau_config(train_config(c, target, **train_options), schedule), meta=meta,
     )
+
+
+def plateau_config(train: TrainConfig, schedule: str) -> TrainConfig:
+    """A wsd run that stops early cools down first: patience running out starts the cooldown
+    (train.on_plateau), so the best checkpoint is an annealed one."""
+    if schedule != "wsd" or train.patience is None:
+        return train
+    return train.model_copy(update={"on_plateau": "cooldown"})
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], *, name: str,

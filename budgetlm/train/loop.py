@@ -250,7 +250,10 @@ class TrainingLoop:
             return False
         t0 = time.perf_counter()
         p = s.cap_progress(c.step, c.tokens, c.flops, self.elapsed())
-        lr = set_lr(self.e.opt, lr_factor(s.cfg.schedule, p, c.step, total_steps=self.total_steps))
+        if s.cfg.train.on_plateau == "cooldown" and not self.cool_down(p):
+            return False
+        lr = set_lr(self.e.opt, lr_factor(s.cfg.schedule, p, c.step, total_steps=self.total_steps,
+                                          cooldown_from=c.cooldown_from))
         loss = self.accumulate_and_step()
         if loss is None:
             self.reason = "max_time" if c.step > 0 else self.no_step_fits()
@@ -273,6 +276,27 @@ class TrainingLoop:
         if bar is not None:
             bar.update(s, c, p)
         return True
+
+    def cool_down(self, p: float) -> bool:
+        """train.on_plateau cooldown: when patience has run out in the stable phase, the wsd
+        cooldown starts at this step (every rank at rank 0's progress); False once that
+        cooldown has ended, and the run stops there."""
+        s, c = self.s, self.c
+        decay = s.cfg.schedule.decay_fraction
+        if agree(s, c.plateau):
+            c.plateau = False
+            p0 = rank0_value(s, p)
+            if c.cooldown_from is None and p0 < 1.0 - decay:
+                c.cooldown_from = p0
+                if s.dist.main:
+                    s.run.log({"kind": "cooldown", "step": c.step, "progress": p0,
+                               "elapsed": c.train_seconds})
+        if c.cooldown_from is None or not agree(s, p >= c.cooldown_from + decay):
+            return True
+        self.status = "early_stopped"
+        self.reason = (f"no improvement in {s.cfg.train.patience} evals: cooled down from "
+                       f"{c.cooldown_from:.0%} of the run")
+        return False
 
     def checkpoint_if_due(self) -> None:
         """A checkpoint every checkpoint_interval steps or checkpoint_seconds of training,
@@ -368,7 +392,9 @@ class TrainingLoop:
             return True
         stopped = eval_and_track(self.s, self.e, c, lambda: self.save(best=True))
         self.last_eval_time, self.last_eval_step = time.perf_counter(), c.step
-        if stopped:
+        if stopped and t.on_plateau == "cooldown":  # the cooldown starts (or goes on) instead
+            c.plateau, c.bad_evals = True, 0
+        elif stopped:
             what = "" if t.monitor == "val_loss" else f"{t.monitor} "
             self.status = "early_stopped"
             self.reason = f"no {what}improvement in {t.patience} evals"

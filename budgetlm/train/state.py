@@ -52,6 +52,8 @@ class Counters:
     best_step: int | None = None  # the step of that eval
     best_metrics: dict[str, Any] | None = None  # that eval's val_* metrics
     last_metrics: dict[str, Any] | None = None  # the last eval's val_* metrics
+    plateau: bool = False  # train.on_plateau cooldown: patience ran out, the cooldown is due
+    cooldown_from: float | None = None  # the progress where a plateau started the cooldown
 
 
 class RunState:

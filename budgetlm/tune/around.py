@@ -30,17 +30,21 @@ depth, so they can be tuned on a model a fraction of the size. From the plan:
   AdamW's, Chen et al. 2023), init_std log-uniform [init_std/3, 3·init_std], the batch
   (`batch_param`: the micro-batch x1/2 to x4 without accumulation, else grad_accum x1/2 to x2),
   warmup_fraction [0, 0.1], decay_fraction [0.1, 0.5] for wsd (min_lr_ratio [0, 0.2] for
-  linear and cosine), optimizer {the plan's, lion}; each range widened to hold the plan's own
-  value. Not dropout (nor weight decay): a proxy's run is a small fraction of the plan's tokens
-  and cannot show the overfitting regularization is there to prevent, so it always ranks less
-  of it first (measured: 36 s proxies of a 600 s CPU plan that repeats its data 12 times ranked
-  dropout 0 far ahead of the plan's 0.1, 3.05 against 3.75 bpb; transferred, the planned model
-  overfit and stopped early, 2.287 held-out bpb against 2.252 with the plan's dropout in the
-  same time). A study file or `--set` can add it;
+  linear and cosine), optimizer {the plan's, lion}, and dropout {0, the plan's} when the plan
+  has some; each range widened to hold the plan's own value. The plan's dropout is sized for the
+  epochs the plan predicts, and dropout also costs a CPU step about a third of its speed; a short
+  proxy cannot show the overfitting it prevents and always ranks none first (36 s proxies of a
+  600 s CPU plan ranked dropout 0 at 3.05-3.24 bpb against 3.70-3.82 with the plan's 0.1), so
+  what guards the transferred run is the plan's early stopping, which in a wsd plan starts the
+  cooldown where the validation loss stops improving (train.on_plateau) instead of ending the
+  run unannealed, as one such run ended without it (stopped at 378 of 512 s: 2.287 held-out
+  bpb against 2.252 with the plan's dropout in the same time; benchmarks/tune_vs_plan.py
+  measures the whole, RESULTS.md). Not weight decay (the plan's 0.1 is kept);
 - the first trials (enqueued; `first_trials`): the plan's own values, then the plan with one
-  value moved at a time -- lr x2, lr /2, the next larger batch -- before the sampler draws (its
-  first draws are random, and a few random points in a space of six dimensions rarely land
-  near a good plan): a few trials are better spent as an incremental search from a good
+  value moved at a time -- dropout off, lr x2, lr /2, the next larger batch -- before the
+  sampler draws (its first draws are random, and a few random points in a space of seven
+  dimensions rarely land near a good plan): a few trials are better spent as an incremental
+  search from a good
   baseline (Google's Deep Learning Tuning Playbook, 2023), the learning rate first, the value
   loss is most sensitive to.
 
@@ -256,6 +260,8 @@ def default_space(cfg: RunConfig) -> dict[str, dict[str, Any]]:
         space["schedule.min_lr_ratio"] = _float(MIN_LR_RANGE, sched.min_lr_ratio)
     if len(choices) > 1:
         space["optim.name"] = {"type": "categorical", "choices": choices}
+    if cfg.model.dropout > 0:
+        space["model.dropout"] = {"type": "categorical", "choices": [0.0, cfg.model.dropout]}
     return space
 
 
@@ -296,8 +302,8 @@ def plan_values(cfg: RunConfig, space: dict[str, Any]) -> dict[str, Any]:
 
 def first_trials(space: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The plan's values `plan` (of the parameters of `space` it has), then the plan with one
-    moved at a time, each move one the space can take and that changes the value: optim.lr x2
-    and /2, the batch to its next larger choice."""
+    moved at a time, each move one the space can take and that changes the value: dropout off,
+    optim.lr x2 and /2, the batch to its next larger choice."""
     if not plan:
         return []
     out = [plan]
@@ -310,6 +316,7 @@ def first_trials(space: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, 
         d = space.get(key)
         return d if isinstance(d, dict) else {}
 
+    move("model.dropout", 0.0)
     if isinstance(plan.get("optim.lr"), float):
         for factor in (2.0, 0.5):
             move("optim.lr", _sig(plan["optim.lr"] * factor))
