@@ -217,6 +217,10 @@ USAGE_ERRORS = {  # args, the flag or argument the one line must name
     "infinite_budget": (["plan", "--gpu-hours", "inf"], "--gpu-hours"),
     "overflowing_tokens": (["plan", "--gpu-hours", "1", "--tokens", "1e400"], "--tokens"),
     "infinite_gpus": (["plan", "--gpu-hours", "1", "--gpus", "inf"], "--gpus"),
+    "bad_on_plateau": (["estimate", "tiny", "--set", "train.on_plateau=later"],
+                       "train.on_plateau"),
+    "cooldown_without_wsd": (["estimate", "tiny", "--set", "schedule.name=cosine", "--set",
+                              "train.on_plateau=cooldown"], "train.on_plateau: cooldown needs"),
     "calibrate_without_budget": (["calibrate", "--data", "x.txt"], "--gpu-hours H, --flops C"),
     "calibrate_infinite_ratio": (
         ["calibrate", "--data", "x.txt", "--flops", "1e15", "--level-ratio", "inf"],

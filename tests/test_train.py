@@ -265,6 +265,18 @@ def test_plateau_starts_the_wsd_cooldown_instead_of_stopping(tmp_path: Path) -> 
         assert lr[step] == pytest.approx(1e-9 * (1 - math.sqrt(since / 0.25)), abs=1e-15), step
     assert lr[40] < 0.1e-9
 
+    # resumed in the middle of that cooldown: the same steps, losses and lrs
+    def interrupt(rec: dict) -> None:
+        if rec["step"] == 25:
+            raise KeyboardInterrupt
+
+    part = train(cfg, run_dir=tmp_path / "part", on_eval=interrupt)
+    assert part.status == "interrupted" and part.steps == 25
+    resumed = train(cfg, resume=tmp_path / "part")
+    assert resumed.status == "early_stopped" and resumed.steps == 40
+    full = [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "r")]
+    assert full == [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "part")]
+
 
 def test_cooldown_on_plateau_needs_wsd() -> None:
     with pytest.raises(UserError, match="train.on_plateau: cooldown needs schedule.name wsd"):
