@@ -57,3 +57,25 @@ def test_torchrun_two_ranks_match_single_process(tmp_path: Path) -> None:
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 6
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-4
+
+
+def lrs(run: Path) -> list[tuple[int, float]]:
+    """(step, lr) of each logged training step of a run."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["lr"]) for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+@needs_torchrun
+def test_torchrun_two_ranks_cool_down_on_a_plateau_together(tmp_path: Path) -> None:
+    # patience runs out at step 15 (lr too small to gain min_delta): both ranks start the wsd
+    # cooldown at the same step and stop together at its end, as one process does
+    sets = [*SETS[:-3], "train.max_steps=40", "train.eval_interval=5", "train.log_interval=1",
+            "train.eval_tokens=1024", "optim.lr=1e-9", "train.patience=2", "train.min_delta=0.5",
+            "schedule.name=wsd", "schedule.decay_fraction=0.25", "train.on_plateau=cooldown"]
+    run_ok(train_cmd(*SINGLE, run=tmp_path / "one", sets=sets))
+    run_ok(train_cmd(*TWO_RANKS, run=tmp_path / "two", sets=sets))
+    for run in ("one", "two"):
+        result = json.loads((tmp_path / run / "result.json").read_text())
+        assert result["status"] == "early_stopped" and result["steps"] == 25, result
+    one, two = lrs(tmp_path / "one"), lrs(tmp_path / "two")
+    assert one == pytest.approx(two) and len(one) == 25 and one[-1][1] < one[15][1]
