@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import curve, interrupted_then_resumed
 
 from budgetlm.config import OPTIMIZERS, ModelConfig, OptimConfig, RunConfig, load_config
 from budgetlm.model import build_model, n_params
@@ -189,18 +190,10 @@ def _last_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_moe_resume_is_exact(tmp_path: Path) -> None:
     cfg = _moe_run("model.dropout=0.1")
     train(cfg, run_dir=tmp_path / "full")
-
-    def interrupt(rec: dict) -> None:
-        if rec["step"] == 12:
-            raise KeyboardInterrupt
-
-    part = train(cfg, run_dir=tmp_path / "part", on_eval=interrupt)
+    part, resumed = interrupted_then_resumed(cfg, tmp_path / "part", at=12)
     assert part.status == "interrupted" and part.steps == 12
-    resumed = train(cfg, resume=tmp_path / "part")
     assert resumed.steps == 24
-    full = [(r["step"], r["loss"], r["lr"]) for r in _records(tmp_path / "full", "train")]
-    again = [(r["step"], r["loss"], r["lr"]) for r in _records(tmp_path / "part", "train")]
-    assert full == again
+    assert curve(tmp_path / "full") == curve(tmp_path / "part")
     a, b = _last_weights(tmp_path / "full"), _last_weights(tmp_path / "part")
     assert a.keys() == b.keys() and any(".mlp.experts." in k for k in a)
     for k in a:

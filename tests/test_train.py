@@ -9,7 +9,7 @@ import torch
 
 from budgetlm.config import OPTIMIZERS, RunConfig, load_config
 from budgetlm.errors import UserError
-from budgetlm.train import StopRun, train
+from budgetlm.train import StopRun, TrainResult, train
 
 MARKOV = "synthetic:markov:order=1,vocab=16,seed=0,tokens=200000"
 
@@ -30,6 +30,23 @@ def tiny(*overrides: str, source: str = MARKOV) -> RunConfig:
 def train_records(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines if '"train"' in x]
+
+
+def curve(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(step, loss, lr) of each logged training step."""
+    return [(r["step"], r["loss"], r["lr"]) for r in train_records(run_dir)]
+
+
+def interrupted_then_resumed(cfg: RunConfig, run_dir: Path,
+                             at: int) -> tuple[TrainResult, TrainResult]:
+    """Train `cfg` into `run_dir`, Ctrl-C at the evaluation of step `at`, then resume it: the
+    interrupted run's result and the resumed one's."""
+    def interrupt(rec: dict) -> None:
+        if rec["step"] == at:
+            raise KeyboardInterrupt
+
+    part = train(cfg, run_dir=run_dir, on_eval=interrupt)
+    return part, train(cfg, resume=run_dir)
 
 
 def test_run_directory_is_complete(tmp_path: Path) -> None:
@@ -113,18 +130,10 @@ def test_nan_loss_ends_run_as_diverged(tmp_path: Path) -> None:
 def test_resume_reproduces_the_loss_curve_bit_for_bit(tmp_path: Path) -> None:
     cfg = tiny("train.max_steps=24", "train.eval_interval=6", "model.dropout=0.1")
     train(cfg, run_dir=tmp_path / "full")
-
-    def interrupt(rec: dict) -> None:
-        if rec["step"] == 12:
-            raise KeyboardInterrupt
-
-    part = train(cfg, run_dir=tmp_path / "part", on_eval=interrupt)
+    part, resumed = interrupted_then_resumed(cfg, tmp_path / "part", at=12)
     assert part.status == "interrupted" and part.steps == 12
-    resumed = train(cfg, resume=tmp_path / "part")
     assert resumed.steps == 24
-    full = [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "full")]
-    again = [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "part")]
-    assert full == again
+    assert curve(tmp_path / "full") == curve(tmp_path / "part")
 
 
 def test_stop_run_from_callback(tmp_path: Path) -> None:
@@ -266,16 +275,10 @@ def test_plateau_starts_the_wsd_cooldown_instead_of_stopping(tmp_path: Path) -> 
     assert lr[40] < 0.1e-9
 
     # resumed in the middle of that cooldown: the same steps, losses and lrs
-    def interrupt(rec: dict) -> None:
-        if rec["step"] == 25:
-            raise KeyboardInterrupt
-
-    part = train(cfg, run_dir=tmp_path / "part", on_eval=interrupt)
+    part, resumed = interrupted_then_resumed(cfg, tmp_path / "part", at=25)
     assert part.status == "interrupted" and part.steps == 25
-    resumed = train(cfg, resume=tmp_path / "part")
     assert resumed.status == "early_stopped" and resumed.steps == 40
-    full = [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "r")]
-    assert full == [(r["step"], r["loss"], r["lr"]) for r in train_records(tmp_path / "part")]
+    assert curve(tmp_path / "r") == curve(tmp_path / "part")
 
 
 def test_cooldown_on_plateau_needs_wsd() -> None:

@@ -44,8 +44,8 @@ depth, so they can be tuned on a model a fraction of the size. From the plan:
   value moved at a time -- dropout off, lr x2, lr /2, the next larger batch -- before the
   sampler draws (its first draws are random, and a few random points in a space of seven
   dimensions rarely land near a good plan): a few trials are better spent as an incremental
-  search from a good
-  baseline (Google's Deep Learning Tuning Playbook, 2023), the learning rate first, the value
+  search from a good baseline (Google's Deep Learning Tuning Playbook, 2023): dropout first (on
+  a CPU it changes the speed of a step as well as the loss), then the learning rate, the value
   loss is most sensitive to.
 
 What a study file or `--set` gives overrides what is derived (a `space` entry whole, or one of
